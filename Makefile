@@ -1,0 +1,32 @@
+# Each target sets up its own environment: a virtualenv in .venv with the
+# CPU build of torch (already on disk here; set TORCH=torch for another build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## The main job: the quick attention benchmark (table, JSON and plot in runs/bench-quick).
+demo: $(STAMP)
+	$(VENV)/bin/ernie-sparse bench attention --quick --out runs/bench-quick
+
+## Lint, format check and the test suite.
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -n 2
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

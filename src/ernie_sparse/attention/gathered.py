@@ -1,0 +1,130 @@
+"""Attention of query blocks over their own gathered key blocks, chunked like flash attention.
+
+Each of R query blocks ([R, bs, D]) attends to the K = slots * bs keys of the
+key blocks listed in its row of ``key_index`` (indices into the flattened key
+blocks [M, bs, D]). Query blocks are processed in chunks small enough that the
+chunk's scores stay in cache: the keys are gathered per chunk, nothing
+score-sized is kept for backward (only the output and the row log-sum-exp, as
+in FlashAttention), and the backward recomputes the probabilities chunk by
+chunk. Attention dropout regenerates its mask from a saved seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Bytes of float32 scores per chunk: a few MiB stay in a core's L2 cache.
+CHUNK_SCORE_BYTES = 4 * 1024 * 1024
+
+
+def _chunks(rows: int, slots: int, block_size: int):
+    """(start, stop) ranges of query blocks whose [n, bs, slots * bs] scores fit the budget."""
+    per_chunk = max(1, CHUNK_SCORE_BYTES // (4 * slots * block_size * block_size))
+    for start in range(0, rows, per_chunk):
+        yield start, min(rows, start + per_chunk)
+
+
+def _scores(queries, key_blocks, index, key_bias):
+    """Gathered keys [n, K, D] and float scores [n, bs, K] of one chunk (queries pre-scaled)."""
+    count = index.shape[0]
+    keys = key_blocks.index_select(0, index.flatten()).view(count, -1, queries.shape[-1])
+    if key_bias is None:
+        scores = torch.bmm(queries, keys.transpose(1, 2))
+    else:  # the mask as an additive 0 / -inf bias, fused into the matmul
+        scores = torch.baddbmm(key_bias.to(queries.dtype), queries, keys.transpose(1, 2))
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()  # half-precision scores are normalized in float32
+    return keys, scores
+
+
+def _mask_to_bias(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Bool mask [R, 1, K] -> float bias [R, 1, K]: 0 where allowed, -inf where masked."""
+    if key_mask is None:
+        return None
+    bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device)
+    return bias.masked_fill_(~key_mask, float("-inf"))
+
+
+def _dropout_keep(shape, dropout_p, seed, chunk_start, device):
+    generator = torch.Generator(device=device).manual_seed(seed + chunk_start)
+    return torch.rand(shape, generator=generator, device=device) >= dropout_p
+
+
+class GatheredBlockAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, key_blocks, value_blocks, key_index, key_mask, dropout_p):
+        rows, block_size, dim = queries.shape
+        scale = dim**-0.5
+        seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
+        out = torch.empty_like(queries)
+        key_bias = _mask_to_bias(key_mask)
+        lse_dtype = torch.promote_types(queries.dtype, torch.float32)
+        log_sum_exp = torch.empty(rows, block_size, 1, dtype=lse_dtype, device=queries.device)
+        for start, stop in _chunks(rows, key_index.shape[1], block_size):
+            index = key_index[start:stop]
+            bias = None if key_bias is None else key_bias[start:stop]
+            _, scores = _scores(queries[start:stop] * scale, key_blocks, index, bias)
+            lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [n, bs, 1]
+            # A query block with no allowed key has lse = -inf; +inf makes its probabilities 0.
+            lse.masked_fill_(lse == float("-inf"), float("inf"))
+            log_sum_exp[start:stop] = lse
+            probs = scores.sub_(lse).exp_()  # [n, bs, K]; masked keys give exp(-inf) = 0
+            if dropout_p > 0:
+                keep = _dropout_keep(probs.shape, dropout_p, seed, start, probs.device)
+                probs.mul_(keep).div_(1.0 - dropout_p)
+            values = value_blocks.index_select(0, index.flatten()).view(stop - start, -1, dim)
+            torch.bmm(probs.to(values.dtype), values, out=out[start:stop])
+        ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, key_bias, out)
+        ctx.log_sum_exp = log_sum_exp
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        queries, key_blocks, value_blocks, key_index, key_bias, out = ctx.saved_tensors
+        rows, block_size, dim = queries.shape
+        grad_out = grad_out.contiguous()
+        # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = <dO, O>.
+        row_dot = (grad_out * out).sum(dim=-1, keepdim=True).to(ctx.log_sum_exp.dtype)  # [R, bs, 1]
+        grad_queries = torch.empty_like(queries)
+        grad_keys = torch.zeros_like(key_blocks)
+        grad_values = torch.zeros_like(value_blocks)
+        for start, stop in _chunks(rows, key_index.shape[1], block_size):
+            index = key_index[start:stop].flatten()
+            bias = None if key_bias is None else key_bias[start:stop]
+            chunk_queries, chunk_grad = queries[start:stop], grad_out[start:stop]
+            keys, scores = _scores(chunk_queries * ctx.scale, key_blocks, key_index[start:stop], bias)
+            probs = scores.sub_(ctx.log_sum_exp[start:stop]).exp_()  # [n, bs, K]
+            values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
+            grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2)).to(probs.dtype)
+            used = probs
+            if ctx.dropout_p > 0:
+                keep = _dropout_keep(probs.shape, ctx.dropout_p, ctx.seed, start, probs.device)
+                used = probs * keep / (1.0 - ctx.dropout_p)
+                grad_probs.mul_(keep).div_(1.0 - ctx.dropout_p)
+            chunk_grad_values = torch.bmm(used.to(values.dtype).transpose(1, 2), chunk_grad)
+            grad_scores = grad_probs.sub_(row_dot[start:stop]).mul_(probs).to(queries.dtype)
+            # S = (scale * Q) K^T, so dQ = scale * dS K and dK = dS^T (scale * Q).
+            grad_queries[start:stop] = torch.bmm(grad_scores, keys).mul_(ctx.scale)
+            chunk_grad_keys = torch.bmm(grad_scores.transpose(1, 2), chunk_queries * ctx.scale)
+            grad_keys.index_add_(0, index, chunk_grad_keys.view(-1, block_size, dim))
+            grad_values.index_add_(0, index, chunk_grad_values.view(-1, block_size, dim))
+        return grad_queries, grad_keys, grad_values, None, None, None
+
+
+def gathered_block_attention(
+    queries: torch.Tensor,
+    key_blocks: torch.Tensor,
+    value_blocks: torch.Tensor,
+    key_index: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention of ``queries`` [R, bs, D] over the key blocks ``key_index`` [R, slots] names.
+
+    ``key_blocks`` and ``value_blocks`` are [M, bs, D]; ``key_mask`` [R, 1, slots * bs]
+    is True for keys that may be attended. Returns [R, bs, D].
+    """
+    return GatheredBlockAttention.apply(
+        queries, key_blocks, value_blocks, key_index, key_mask, dropout_p
+    )

@@ -1,0 +1,71 @@
+"""Input checks shared by every backend: each error names what was wrong."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_layout(layout: torch.Tensor) -> None:
+    """A layout is a bool tensor [H or 1, nb, nb]."""
+    if not isinstance(layout, torch.Tensor):
+        raise TypeError(f"layout must be a torch.Tensor, got {type(layout).__name__}")
+    if layout.dtype != torch.bool:
+        raise TypeError(f"layout must have dtype torch.bool, got {layout.dtype}")
+    if layout.dim() != 3 or layout.shape[1] != layout.shape[2]:
+        raise ValueError(f"layout must have shape [H or 1, nb, nb], got {tuple(layout.shape)}")
+
+
+def check_attention_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: torch.Tensor,
+    *,
+    block_size: int,
+    key_padding_mask: torch.Tensor | None,
+    dropout_p: float,
+) -> None:
+    """Refuse shape, dtype and device mismatches before any work is done."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+            raise ValueError(f"{name} must be a 4-d tensor [B, H, N, D], got {shape}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {tensor.dtype}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must have the same shape [B, H, N, D], got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    batch, heads, seq_len, _ = q.shape
+    if seq_len == 0:
+        raise ValueError("q, k, v have sequence length 0")
+    check_layout(layout)
+    num_blocks = math.ceil(seq_len / block_size)
+    if layout.shape[1] != num_blocks:
+        raise ValueError(
+            f"layout has {layout.shape[1]} blocks per side but sequence length {seq_len} with "
+            f"block_size {block_size} needs ceil({seq_len}/{block_size}) = {num_blocks}"
+        )
+    if layout.shape[0] not in (1, heads):
+        raise ValueError(f"layout has {layout.shape[0]} heads; q has {heads} (use 1 or {heads})")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(
+                f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}"
+            )
+        if tuple(key_padding_mask.shape) != (batch, seq_len):
+            raise ValueError(
+                f"key_padding_mask must have shape [B, N] = {(batch, seq_len)}, "
+                f"got {tuple(key_padding_mask.shape)}"
+            )

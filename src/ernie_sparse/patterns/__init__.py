@@ -1,0 +1,31 @@
+"""Sparse patterns as data: pure functions returning a boolean block layout.
+
+A layout is a ``torch.bool`` tensor ``[H or 1, nb, nb]`` (query block x key
+block). Layouts compose with ``|`` and ``&`` (broadcasting over heads).
+"""
+
+from ._common import num_blocks_for
+from .bigbird import bigbird
+from .blockbert import blockbert, parse_head_split
+from .dense import dense
+from .fixed import fixed
+from .local import local
+from .registry import PATTERNS, make_layout, pattern_parameters
+from .render import render_layout
+from .window import global_blocks, window
+
+__all__ = [
+    "PATTERNS",
+    "bigbird",
+    "blockbert",
+    "dense",
+    "fixed",
+    "global_blocks",
+    "local",
+    "make_layout",
+    "num_blocks_for",
+    "parse_head_split",
+    "pattern_parameters",
+    "render_layout",
+    "window",
+]
