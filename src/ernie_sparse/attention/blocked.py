@@ -123,7 +123,9 @@ def _sparse_rows_attention(q_blocks, k_blocks, v_blocks, plan, key_valid, dropou
 def _dense_rows_attention(q_blocks, k, v, plan, key_valid, dropout_p):
     batch, heads, _, block_size, dim = q_blocks.shape
     dense_rows = plan.dense_rows.numel()
-    queries = _select_rows(q_blocks, plan.dense_rows).reshape(batch, heads, dense_rows * block_size, dim)
+    queries = _select_rows(q_blocks, plan.dense_rows).reshape(
+        batch, heads, dense_rows * block_size, dim
+    )
     if key_valid is None:
         out = F.scaled_dot_product_attention(queries, k, v, dropout_p=dropout_p)
     else:

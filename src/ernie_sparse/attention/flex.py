@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,44 +37,73 @@ def _to_kv_indices(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts[None].contiguous(), order[None].contiguous()
 
 
+def flex_block_size(block_size: int, device: torch.device) -> int:
+    """Block size of the BlockMask: the layout's, or 128 on CUDA, whose kernels tile by 128."""
+    if device.type != "cuda" or block_size % 128 == 0:
+        return block_size
+    if 128 % block_size:
+        raise ValueError(
+            f"backend 'flex' on CUDA needs a block_size that divides 128 or is a multiple of 128, "
+            f"got {block_size}; use backend='blocked'"
+        )
+    return 128
+
+
+@dataclass(frozen=True)
+class FlexMasks:
+    """BlockMasks of one layout at the kernel's block size, and the padded layout."""
+
+    full: object | None  # every visited block complete (no mask_mod), when that is exact
+    partial: object  # every visited block checked token by token through mask_mod
+    layout: torch.Tensor  # [Hl, nbp, nbp] on the device, padded with False to the mask's size
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_block_masks(layout_bytes: bytes, shape: tuple[int, ...], block_size: int, device: str):
-    """(all-full BlockMask, all-partial BlockMask) of one layout; cached by content."""
+def _cached_masks(
+    layout_bytes: bytes, shape: tuple[int, ...], block_size: int, mask_block: int, device: str
+) -> FlexMasks:
     from torch.nn.attention.flex_attention import BlockMask
 
     layout = torch.frombuffer(bytearray(layout_bytes), dtype=torch.bool).view(shape)
-    counts, indices = _to_kv_indices(layout)
-    counts, indices = counts.to(device), indices.to(device)
-    no_blocks = torch.zeros_like(counts)
-    full = BlockMask.from_kv_blocks(no_blocks, indices, counts, indices, BLOCK_SIZE=block_size)
-    partial = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=block_size)
-    return full, partial
+    factor = mask_block // block_size
+    coarse_blocks = -(-shape[-1] // factor)
+    padded = F.pad(layout, (0, coarse_blocks * factor - shape[-1]) * 2)  # [Hl, nbp, nbp]
+    grouped = padded.view(shape[0], coarse_blocks, factor, coarse_blocks, factor)
+    visited = grouped.any(dim=4).any(dim=2)  # [Hl, nc, nc]
+    counts, indices = (t.to(device) for t in _to_kv_indices(visited))
+    partial = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=mask_block)
+    full = None
+    if factor == 1:
+        no_blocks = torch.zeros_like(counts)
+        full = BlockMask.from_kv_blocks(no_blocks, indices, counts, indices, BLOCK_SIZE=mask_block)
+    return FlexMasks(full=full, partial=partial, layout=padded.to(device))
 
 
 def layout_block_mask(
-    layout: torch.Tensor, block_size: int, key_valid: torch.Tensor | None, device: torch.device
+    layout: torch.Tensor,
+    block_size: int,
+    key_valid: torch.Tensor | None,
+    device: torch.device,
 ):
-    """BlockMask of ``layout``; with ``key_valid`` [B, N] its blocks also mask padded keys."""
+    """BlockMask of ``layout`` for a padded length; ``key_valid`` [B, Np] masks padded keys."""
     cpu_layout = layout.detach().to("cpu", torch.bool).contiguous()
-    full, partial = _cached_block_masks(
-        cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape), block_size, str(device)
+    mask_block = flex_block_size(block_size, device)
+    masks = _cached_masks(
+        cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape), block_size, mask_block, str(device)
     )
-    if key_valid is None:
-        return full
+    if key_valid is None and masks.full is not None:
+        return masks.full
+    token_layout = masks.layout
+    shared_heads = token_layout.shape[0] == 1
 
-    def key_is_real(batch, head, q_index, kv_index):
-        return key_valid[batch, kv_index]
+    def allowed(batch, head, q_index, kv_index):
+        head_index = 0 if shared_heads else head
+        keep = token_layout[head_index, q_index // block_size, kv_index // block_size]
+        return keep if key_valid is None else keep & key_valid[batch, kv_index]
 
-    block_mask = copy.copy(partial)
-    block_mask.mask_mod = key_is_real
+    block_mask = copy.copy(masks.partial)
+    block_mask.mask_mod = allowed
     return block_mask
-
-
-def _kernel_options(block_size: int, device: torch.device) -> dict[str, int] | None:
-    # The Triton tiles must divide the mask's blocks; default tiles are up to 128.
-    if device.type != "cuda" or block_size >= 128:
-        return None
-    return {"BLOCK_M": block_size, "BLOCK_N": block_size}
 
 
 def flex_sparse_attention(
@@ -95,9 +125,10 @@ def flex_sparse_attention(
             "backend 'flex' has no CPU backward in PyTorch; run it under torch.no_grad() "
             "or use backend='blocked' for CPU training"
         )
-    batch, heads, seq_len, dim = q.shape
-    num_blocks = layout.shape[-1]
-    pad = num_blocks * block_size - seq_len
+    batch, _heads, seq_len, _dim = q.shape
+    mask_block = flex_block_size(block_size, q.device)
+    padded_len = -(-seq_len // mask_block) * mask_block
+    pad = padded_len - seq_len
     key_valid = key_padding_mask
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -105,7 +136,5 @@ def flex_sparse_attention(
             key_valid = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
         key_valid = F.pad(key_valid, (0, pad), value=False)
     block_mask = layout_block_mask(layout, block_size, key_valid, q.device)
-    out = _compiled_flex()(
-        q, k, v, block_mask=block_mask, kernel_options=_kernel_options(block_size, q.device)
-    )
+    out = _compiled_flex()(q, k, v, block_mask=block_mask)
     return out[:, :, :seq_len]

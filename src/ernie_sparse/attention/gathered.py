@@ -93,7 +93,9 @@ class GatheredBlockAttention(torch.autograd.Function):
             index = key_index[start:stop].flatten()
             bias = None if key_bias is None else key_bias[start:stop]
             chunk_queries, chunk_grad = queries[start:stop], grad_out[start:stop]
-            keys, scores = _scores(chunk_queries * ctx.scale, key_blocks, key_index[start:stop], bias)
+            keys, scores = _scores(
+                chunk_queries * ctx.scale, key_blocks, key_index[start:stop], bias
+            )
             probs = scores.sub_(ctx.log_sum_exp[start:stop]).exp_()  # [n, bs, K]
             values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
             grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2)).to(probs.dtype)

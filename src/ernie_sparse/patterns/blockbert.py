@@ -12,9 +12,13 @@ def parse_head_split(head_split: str) -> list[int]:
     try:
         counts = [int(part) for part in head_split.split(":")]
     except ValueError:
-        raise ValueError(f"head_split must look like '10:2' or '8:2:2', got {head_split!r}") from None
+        raise ValueError(
+            f"head_split must look like '10:2' or '8:2:2', got {head_split!r}"
+        ) from None
     if len(counts) < 1 or any(c < 0 for c in counts) or sum(counts) == 0:
-        raise ValueError(f"head_split needs non-negative head counts summing > 0, got {head_split!r}")
+        raise ValueError(
+            f"head_split needs non-negative head counts summing > 0, got {head_split!r}"
+        )
     return counts
 
 

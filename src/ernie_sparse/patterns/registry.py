@@ -47,9 +47,8 @@ def make_layout(
     accepted = pattern_parameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"pattern {name!r} takes {', '.join(accepted) or 'no parameters'}; got {', '.join(unknown)}"
-        )
+        takes = ", ".join(accepted) or "no parameters"
+        raise ValueError(f"pattern {name!r} takes {takes}; got unknown {', '.join(unknown)}")
     if "num_heads" in accepted:
         params["num_heads"] = num_heads
     if "generator" in accepted:

@@ -1,0 +1,396 @@
+"""``ernie-sparse bench attention``: speed and memory of attention backends vs sequence length.
+
+Every backend computes the same BigBird ITC pattern (global, window and random
+blocks) on the same inputs; dense SDPA (all pairs) and Hugging Face BigBird are
+the baselines. Timings are medians of several runs after warm-up; memory is a
+separate run (see ``memory.py``). Useful GFLOP/s count the multiply-adds of the
+attention each backend computes (the pattern's pairs, or all N^2 pairs for
+dense) and are set against the dense matmul GFLOP/s measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import sparse_attention
+from ..patterns import bigbird, num_blocks_for
+from .hf_bigbird import hf_bigbird_attention, hf_bigbird_available
+from .memory import peak_memory_mb
+
+QUICK_SEQ_LENS = (1024, 2048, 4096)
+FULL_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
+MODES = ("fwd", "fwd+bwd")
+
+
+@dataclass
+class BenchConfig:
+    seq_lens: tuple[int, ...] = FULL_SEQ_LENS  # sequence lengths N
+    batch: int = 2  # B
+    heads: int = 4  # H
+    head_dim: int = 64  # D
+    block_size: int = 64  # tokens per layout block
+    num_global: int = 2  # global blocks
+    window_width: int = 1  # window blocks on each side (1 = 3-block window)
+    num_random: int = 3  # random blocks per row
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "cpu"  # cpu | cuda
+    backends: tuple[str, ...] = ()  # empty: every backend that can run here
+    modes: tuple[str, ...] = MODES  # fwd (no grad) and/or fwd+bwd
+    repeats: int = 5  # timed runs per point (fewer once a point takes max_seconds)
+    warmup: int = 1  # untimed runs first
+    max_seconds: float = 30.0  # stop repeating a point after this much time (min 3 runs)
+    memory: bool = True  # also measure peak memory (one more run per point)
+    seed: int = 0  # inputs and random blocks
+    extra: dict = field(default_factory=dict)
+
+
+def default_backends(device: torch.device) -> tuple[str, ...]:
+    names = ["blocked", "dense"]
+    if device.type == "cuda":
+        names.insert(1, "flex")  # CPU flex compiles per length (minutes): ask for it by name
+    if hf_bigbird_available():
+        names.append("hf-bigbird")
+    return tuple(names)
+
+
+def _attention_fn(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
+    if name in ("blocked", "flex", "reference"):
+        return lambda q, k, v: sparse_attention(
+            q, k, v, layout, block_size=config.block_size, backend=name
+        )
+    if name == "dense":
+        return F.scaled_dot_product_attention
+    if name == "hf-bigbird":
+        return hf_bigbird_attention(
+            seq_len=seq_len,
+            batch=config.batch,
+            heads=config.heads,
+            head_dim=config.head_dim,
+            block_size=config.block_size,
+            num_random=config.num_random,
+        )
+    raise ValueError(f"unknown benchmark backend {name!r}")
+
+
+def _runner(fn: Callable, inputs: list[torch.Tensor], mode: str) -> Callable[[], None]:
+    if mode == "fwd":
+
+        def forward() -> None:
+            with torch.no_grad():
+                fn(*inputs)
+
+        return forward
+    if mode != "fwd+bwd":
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+    def forward_backward() -> None:
+        for tensor in inputs:
+            tensor.grad = None
+        fn(*inputs).float().sum().backward()
+
+    return forward_backward
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(run: Callable[[], None], config: BenchConfig, device: torch.device) -> float:
+    """Median wall time in ms of ``run`` after warm-up."""
+    for _ in range(config.warmup):
+        run()
+    _synchronize(device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < config.repeats:
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+        if len(times) >= 3 and time.perf_counter() - started > config.max_seconds:
+            break
+    return statistics.median(times)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
+    """The machine's dense matmul speed, the yardstick for the useful GFLOP/s."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    config = BenchConfig(repeats=5, warmup=2)
+    return 2 * size**3 / time_ms(lambda: a @ b, config, device) / 1e6
+
+
+def useful_gflop(pairs: int, config: BenchConfig, mode: str) -> float:
+    """QK^T and PV: 2 matmuls x 2 flops per multiply-add; backward does twice the forward."""
+    forward = 4 * config.batch * config.head_dim * pairs
+    return forward * (3 if mode == "fwd+bwd" else 1) / 1e9
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def bench_point(
+    name: str,
+    config: BenchConfig,
+    layout: torch.Tensor,
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+) -> dict:
+    """One row: median time, peak memory and useful GFLOP/s of one backend at one length."""
+    dtype = getattr(torch, config.dtype)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    shape = (config.batch, config.heads, seq_len, config.head_dim)
+    inputs = [
+        torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    ]
+    fn = _attention_fn(name, config, layout, seq_len)
+    # Query-key pairs summed over heads: the pattern's, or all of them for dense.
+    sparse_pairs = int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
+    pairs = seq_len * seq_len * config.heads if name == "dense" else sparse_pairs
+    row = {
+        "backend": name,
+        "pattern": "dense" if name == "dense" else "bigbird",
+        "seq_len": seq_len,
+        "mode": mode,
+        "median_ms": None,
+        "peak_mem_mb": None,
+        "gflops": None,
+        "status": "ok",
+    }
+    run = _runner(fn, inputs, mode)
+    try:
+        row["median_ms"] = round(time_ms(run, config, device), 3)
+        if config.memory:
+            row["peak_mem_mb"] = round(peak_memory_mb(run, device), 2)
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        row["status"] = "oom"
+        return row
+    row["gflops"] = round(useful_gflop(pairs, config, mode) / (row["median_ms"] / 1e3), 2)
+    return row
+
+
+def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
+    """Every (length, backend, mode) point; returns {"meta": ..., "rows": [...]}."""
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here")
+    backends = config.backends or default_backends(device)
+    if "hf-bigbird" in backends and not hf_bigbird_available():
+        raise ValueError("backend hf-bigbird needs transformers: pip install 'ernie-sparse[hf]'")
+    dtype = getattr(torch, config.dtype)
+    meta = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "device_type": device.type,
+        "dtype": config.dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_gflops": round(matmul_gflops(device, dtype), 1),
+        "config": asdict(config),
+    }
+    log(
+        f"device {meta['device']} ({device.type}), dtype {config.dtype}, "
+        f"{meta['threads']} threads, dense matmul {meta['matmul_gflops']} GFLOP/s"
+    )
+    rows = []
+    for seq_len in config.seq_lens:
+        generator = torch.Generator().manual_seed(config.seed)
+        layout = bigbird(
+            num_blocks_for(seq_len, config.block_size),
+            num_heads=config.heads,
+            num_global=config.num_global,
+            window_width=config.window_width,
+            num_random=config.num_random,
+            generator=generator,
+        )
+        for name in backends:
+            for mode in config.modes:
+                if name == "flex" and device.type == "cpu" and mode != "fwd":
+                    continue  # PyTorch has no CPU backward for FlexAttention
+                row = bench_point(name, config, layout, seq_len, mode, device)
+                row["matmul_fraction"] = (
+                    round(row["gflops"] / meta["matmul_gflops"], 3) if row["gflops"] else None
+                )
+                rows.append(row)
+                log(_format_row(row))
+    return {"meta": meta, "rows": rows}
+
+
+def _format_row(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"  N={row['seq_len']:>6} {row['mode']:>8} {row['backend']:>11}: {row['status']}"
+    memory = "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.1f} MiB"
+    return (
+        f"  N={row['seq_len']:>6} {row['mode']:>8} {row['backend']:>11}: "
+        f"{row['median_ms']:>10.1f} ms {memory:>14} {row['gflops']:>8.1f} GFLOP/s"
+    )
+
+
+def summary_table(result: dict) -> str:
+    """Markdown table: one line per (length, mode), time and memory per backend, speedups."""
+    rows = [r for r in result["rows"] if r["status"] == "ok" or r["status"] == "oom"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    by_key = {(r["seq_len"], r["mode"], r["backend"]): r for r in rows}
+    header = ["N", "mode"] + [f"{b} ms (MiB)" for b in backends]
+    baselines = [b for b in ("dense", "hf-bigbird") if b in backends]
+    header += [f"blocked vs {b}" for b in baselines if "blocked" in backends]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for seq_len in dict.fromkeys(r["seq_len"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            cells = [str(seq_len), mode]
+            for backend in backends:
+                row = by_key.get((seq_len, mode, backend))
+                cells.append(_cell(row))
+            blocked = by_key.get((seq_len, mode, "blocked"))
+            for baseline in baselines if blocked else []:
+                other = by_key.get((seq_len, mode, baseline))
+                ok = other and other["median_ms"] and blocked["median_ms"]
+                cells.append(f"{other['median_ms'] / blocked['median_ms']:.2f}x" if ok else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if row["status"] != "ok":
+        return row["status"].upper()
+    memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
+    return f"{row['median_ms']:.1f}{memory}"
+
+
+def plot_bench(result: dict, path: Path) -> Path | None:
+    """Time and memory vs length, log-log, one line per backend and mode."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            points = [r for r in rows if r["backend"] == backend and r["mode"] == mode]
+            if not points:
+                continue
+            style = "-o" if mode == "fwd+bwd" else "--x"
+            lengths = [r["seq_len"] for r in points]
+            label = f"{backend} {mode}"
+            time_axis.plot(lengths, [r["median_ms"] for r in points], style, label=label)
+            if points[0]["peak_mem_mb"] is not None:
+                memory = [r["peak_mem_mb"] for r in points]
+                memory_axis.plot(lengths, memory, style, label=label)
+    meta = result["meta"]
+    for axis, ylabel in ((time_axis, "median time (ms)"), (memory_axis, "peak memory (MiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    time_axis.legend(fontsize=8)
+    fig.suptitle(
+        f"attention, {meta['device']} ({meta['device_type']}), {meta['dtype']}, "
+        f"{meta['threads']} threads"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchConfig()
+    parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}, 3 runs")
+    parser.add_argument("--seq-lens", type=_int_list, help="comma-separated lengths")
+    parser.add_argument(
+        "--backends", type=_str_list, help="blocked,flex,dense,hf-bigbird,reference"
+    )
+    parser.add_argument("--modes", type=_str_list, default=defaults.modes, help="fwd,fwd+bwd")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"]
+    )
+    for name in ("batch", "heads", "head_dim", "block_size", "num_global", "num_random"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name))
+    parser.add_argument("--window-width", type=int, default=defaults.window_width)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
+    parser.add_argument("--out", default="runs/bench-attention", help="output directory")
+    parser.set_defaults(run=run)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    seq_lens = args.seq_lens or (QUICK_SEQ_LENS if args.quick else FULL_SEQ_LENS)
+    return BenchConfig(
+        seq_lens=seq_lens,
+        batch=args.batch,
+        heads=args.heads,
+        head_dim=args.head_dim,
+        block_size=args.block_size,
+        num_global=args.num_global,
+        window_width=args.window_width,
+        num_random=args.num_random,
+        dtype=args.dtype,
+        device=args.device,
+        backends=tuple(args.backends or ()),
+        modes=tuple(args.modes),
+        repeats=3 if args.quick else args.repeats,
+        memory=not args.no_memory,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    for mode in config.modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for length in config.seq_lens:
+        if length % config.block_size:
+            raise ValueError(
+                f"benchmark length {length} is not a multiple of block size {config.block_size} "
+                "(HF BigBird needs whole blocks)"
+            )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_bench(config)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    table = summary_table(result)
+    (out / "table.md").write_text(table + "\n")
+    plot = plot_bench(result, out / "attention.png")
+    print()
+    print(table)
+    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}" + (f", {plot}" if plot else ""))
+    return 0
