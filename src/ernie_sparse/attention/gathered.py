@@ -3,17 +3,17 @@
 Each of R query blocks ([R, bs, D]) attends to the K = slots * bs keys of the
 key blocks listed in its row of ``key_index`` (indices into the flattened key
 blocks [M, bs, D]). Query blocks are processed in chunks small enough that the
-chunk's scores stay in cache: the keys are gathered per chunk, nothing
-score-sized is kept for backward (only the output and the row log-sum-exp, as
-in FlashAttention), and the backward recomputes the probabilities chunk by
-chunk. Attention dropout regenerates its mask from a saved seed.
+chunk's scores stay in cache: keys are gathered per chunk, nothing score-sized
+is kept for backward (only the output), and the backward recomputes the
+probabilities chunk by chunk. Attention dropout regenerates its mask from a
+saved seed.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Bytes of float32 scores per chunk: a few MiB stay in a core's L2 cache.
+# Bytes of float32 scores per chunk: small enough to stay in a core's L2 cache.
 CHUNK_SCORE_BYTES = 4 * 1024 * 1024
 
 
@@ -24,25 +24,34 @@ def _chunks(rows: int, slots: int, block_size: int):
         yield start, min(rows, start + per_chunk)
 
 
-def _scores(queries, key_blocks, index, key_bias):
-    """Gathered keys [n, K, D] and float scores [n, bs, K] of one chunk (queries pre-scaled)."""
-    count = index.shape[0]
-    keys = key_blocks.index_select(0, index.flatten()).view(count, -1, queries.shape[-1])
-    if key_bias is None:
-        scores = torch.bmm(queries, keys.transpose(1, 2))
-    else:  # the mask as an additive 0 / -inf bias, fused into the matmul
-        scores = torch.baddbmm(key_bias.to(queries.dtype), queries, keys.transpose(1, 2))
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()  # half-precision scores are normalized in float32
-    return keys, scores
-
-
-def _mask_to_bias(key_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Bool mask [R, 1, K] -> float bias [R, 1, K]: 0 where allowed, -inf where masked."""
+def _key_bias(key_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Additive bias [R, 1, K] (0 allowed, -inf masked) and, if some block has no key at all,
+    a [R, 1, 1] float multiplier that zeroes those blocks (their bias is made 0 to avoid NaN)."""
     if key_mask is None:
-        return None
+        return None, None
+    has_key = key_mask.any(dim=-1, keepdim=True)  # [R, 1, 1]
+    allowed = key_mask | ~has_key
     bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device)
-    return bias.masked_fill_(~key_mask, float("-inf"))
+    bias.masked_fill_(~allowed, float("-inf"))
+    keep_rows = None if bool(has_key.all()) else has_key.to(torch.float32)
+    return bias, keep_rows
+
+
+def _probabilities(queries, key_blocks, index, bias, keep_rows, scale):
+    """Gathered keys [n, K, D] and softmax probabilities [n, bs, K] (float) of one chunk."""
+    count, _, dim = queries.shape
+    keys = key_blocks.index_select(0, index.flatten()).view(count, -1, dim)
+    # Half-precision inputs get float32 scores (as fused kernels accumulate them).
+    wide = torch.promote_types(queries.dtype, torch.float32)
+    scaled, wide_keys = (queries * scale).to(wide), keys.to(wide)
+    if bias is None:
+        scores = torch.bmm(scaled, wide_keys.transpose(1, 2))
+    else:  # the mask as an additive 0 / -inf bias, fused into the matmul
+        scores = torch.baddbmm(bias.to(wide), scaled, wide_keys.transpose(1, 2))
+    probs = torch.softmax(scores, dim=-1)
+    if keep_rows is not None:
+        probs.mul_(keep_rows)  # blocks with no allowed key give zeros
+    return keys, probs
 
 
 def _dropout_keep(shape, dropout_p, seed, chunk_start, device):
@@ -56,47 +65,49 @@ class GatheredBlockAttention(torch.autograd.Function):
         rows, block_size, dim = queries.shape
         scale = dim**-0.5
         seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
+        bias, keep_rows = _key_bias(key_mask)
         out = torch.empty_like(queries)
-        key_bias = _mask_to_bias(key_mask)
-        lse_dtype = torch.promote_types(queries.dtype, torch.float32)
-        log_sum_exp = torch.empty(rows, block_size, 1, dtype=lse_dtype, device=queries.device)
         for start, stop in _chunks(rows, key_index.shape[1], block_size):
             index = key_index[start:stop]
-            bias = None if key_bias is None else key_bias[start:stop]
-            _, scores = _scores(queries[start:stop] * scale, key_blocks, index, bias)
-            lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [n, bs, 1]
-            # A query block with no allowed key has lse = -inf; +inf makes its probabilities 0.
-            lse.masked_fill_(lse == float("-inf"), float("inf"))
-            log_sum_exp[start:stop] = lse
-            probs = scores.sub_(lse).exp_()  # [n, bs, K]; masked keys give exp(-inf) = 0
+            _, probs = _probabilities(
+                queries[start:stop],
+                key_blocks,
+                index,
+                None if bias is None else bias[start:stop],
+                None if keep_rows is None else keep_rows[start:stop],
+                scale,
+            )
             if dropout_p > 0:
                 keep = _dropout_keep(probs.shape, dropout_p, seed, start, probs.device)
                 probs.mul_(keep).div_(1.0 - dropout_p)
             values = value_blocks.index_select(0, index.flatten()).view(stop - start, -1, dim)
             torch.bmm(probs.to(values.dtype), values, out=out[start:stop])
-        ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, key_bias, out)
-        ctx.log_sum_exp = log_sum_exp
+        ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, bias, keep_rows, out)
         ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        queries, key_blocks, value_blocks, key_index, key_bias, out = ctx.saved_tensors
+        queries, key_blocks, value_blocks, key_index, bias, keep_rows, out = ctx.saved_tensors
         rows, block_size, dim = queries.shape
         grad_out = grad_out.contiguous()
         # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = <dO, O>.
-        row_dot = (grad_out * out).sum(dim=-1, keepdim=True).to(ctx.log_sum_exp.dtype)  # [R, bs, 1]
+        wide = torch.promote_types(out.dtype, torch.float32)
+        row_dot = (grad_out.to(wide) * out.to(wide)).sum(dim=-1, keepdim=True)  # [R, bs, 1]
         grad_queries = torch.empty_like(queries)
         grad_keys = torch.zeros_like(key_blocks)
         grad_values = torch.zeros_like(value_blocks)
         for start, stop in _chunks(rows, key_index.shape[1], block_size):
             index = key_index[start:stop].flatten()
-            bias = None if key_bias is None else key_bias[start:stop]
             chunk_queries, chunk_grad = queries[start:stop], grad_out[start:stop]
-            keys, scores = _scores(
-                chunk_queries * ctx.scale, key_blocks, key_index[start:stop], bias
+            keys, probs = _probabilities(
+                chunk_queries,
+                key_blocks,
+                key_index[start:stop],
+                None if bias is None else bias[start:stop],
+                None if keep_rows is None else keep_rows[start:stop],
+                ctx.scale,
             )
-            probs = scores.sub_(ctx.log_sum_exp[start:stop]).exp_()  # [n, bs, K]
             values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
             grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2)).to(probs.dtype)
             used = probs
