@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 # Bytes of float32 scores per chunk: small enough to stay in a core's L2 cache.
-CHUNK_SCORE_BYTES = 4 * 1024 * 1024
+CHUNK_SCORE_BYTES = 2 * 1024 * 1024
 
 
 def _chunks(rows: int, slots: int, block_size: int):
@@ -37,13 +37,18 @@ def _key_bias(key_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch
     return bias, keep_rows
 
 
-def _probabilities(queries, key_blocks, index, bias, keep_rows, scale):
-    """Gathered keys [n, K, D] and softmax probabilities [n, bs, K] (float) of one chunk."""
-    count, _, dim = queries.shape
-    keys = key_blocks.index_select(0, index.flatten()).view(count, -1, dim)
+def _rows_with_masked_keys(key_mask: torch.Tensor | None) -> list[int] | None:
+    """Running count of query blocks with a masked key, so a chunk without one skips the bias."""
+    if key_mask is None:
+        return None
+    return [0, *(~key_mask).any(dim=-1).flatten().cumsum(0).tolist()]
+
+
+def _probabilities(scaled_queries, keys, bias, keep_rows):
+    """Softmax probabilities [n, bs, K] (float) of one chunk's pre-scaled queries and keys."""
     # Half-precision inputs get float32 scores (as fused kernels accumulate them).
-    wide = torch.promote_types(queries.dtype, torch.float32)
-    scaled, wide_keys = (queries * scale).to(wide), keys.to(wide)
+    wide = torch.promote_types(scaled_queries.dtype, torch.float32)
+    scaled, wide_keys = scaled_queries.to(wide), keys.to(wide)
     if bias is None:
         scores = torch.bmm(scaled, wide_keys.transpose(1, 2))
     else:  # the mask as an additive 0 / -inf bias, fused into the matmul
@@ -51,7 +56,7 @@ def _probabilities(queries, key_blocks, index, bias, keep_rows, scale):
     probs = torch.softmax(scores, dim=-1)
     if keep_rows is not None:
         probs.mul_(keep_rows)  # blocks with no allowed key give zeros
-    return keys, probs
+    return probs
 
 
 def _dropout_keep(shape, dropout_p, seed, chunk_start, device):
@@ -66,49 +71,47 @@ class GatheredBlockAttention(torch.autograd.Function):
         scale = dim**-0.5
         seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
         bias, keep_rows = _key_bias(key_mask)
+        masked_so_far = _rows_with_masked_keys(key_mask)
+        scaled_queries = queries * scale  # S = (scale * Q) K^T
         out = torch.empty_like(queries)
+        saved = []  # per chunk: gathered keys, values and probabilities, for the backward
         for start, stop in _chunks(rows, key_index.shape[1], block_size):
-            index = key_index[start:stop]
-            _, probs = _probabilities(
-                queries[start:stop],
-                key_blocks,
-                index,
-                None if bias is None else bias[start:stop],
+            index = key_index[start:stop].flatten()
+            keys = key_blocks.index_select(0, index).view(stop - start, -1, dim)
+            values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
+            masked = masked_so_far is not None and masked_so_far[stop] > masked_so_far[start]
+            probs = _probabilities(
+                scaled_queries[start:stop],
+                keys,
+                bias[start:stop] if masked else None,
                 None if keep_rows is None else keep_rows[start:stop],
-                scale,
             )
+            used = probs
             if dropout_p > 0:
                 keep = _dropout_keep(probs.shape, dropout_p, seed, start, probs.device)
-                probs.mul_(keep).div_(1.0 - dropout_p)
-            values = value_blocks.index_select(0, index.flatten()).view(stop - start, -1, dim)
-            torch.bmm(probs.to(values.dtype), values, out=out[start:stop])
-        ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, bias, keep_rows, out)
+                used = probs * keep / (1.0 - dropout_p)
+            torch.bmm(used.to(values.dtype), values, out=out[start:stop])
+            saved.append((keys, values, probs))
+        ctx.save_for_backward(scaled_queries, key_blocks, value_blocks, key_index, out)
+        ctx.chunks = saved
         ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        queries, key_blocks, value_blocks, key_index, bias, keep_rows, out = ctx.saved_tensors
-        rows, block_size, dim = queries.shape
+        scaled_queries, key_blocks, value_blocks, key_index, out = ctx.saved_tensors
+        rows, block_size, dim = scaled_queries.shape
         grad_out = grad_out.contiguous()
         # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = <dO, O>.
         wide = torch.promote_types(out.dtype, torch.float32)
         row_dot = (grad_out.to(wide) * out.to(wide)).sum(dim=-1, keepdim=True)  # [R, bs, 1]
-        grad_queries = torch.empty_like(queries)
+        grad_queries = torch.empty_like(scaled_queries)
         grad_keys = torch.zeros_like(key_blocks)
         grad_values = torch.zeros_like(value_blocks)
-        for start, stop in _chunks(rows, key_index.shape[1], block_size):
+        ranges = _chunks(rows, key_index.shape[1], block_size)
+        for (start, stop), (keys, values, probs) in zip(ranges, ctx.chunks, strict=True):
             index = key_index[start:stop].flatten()
-            chunk_queries, chunk_grad = queries[start:stop], grad_out[start:stop]
-            keys, probs = _probabilities(
-                chunk_queries,
-                key_blocks,
-                key_index[start:stop],
-                None if bias is None else bias[start:stop],
-                None if keep_rows is None else keep_rows[start:stop],
-                ctx.scale,
-            )
-            values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
+            chunk_grad = grad_out[start:stop]
             grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2)).to(probs.dtype)
             used = probs
             if ctx.dropout_p > 0:
@@ -116,12 +119,14 @@ class GatheredBlockAttention(torch.autograd.Function):
                 used = probs * keep / (1.0 - ctx.dropout_p)
                 grad_probs.mul_(keep).div_(1.0 - ctx.dropout_p)
             chunk_grad_values = torch.bmm(used.to(values.dtype).transpose(1, 2), chunk_grad)
-            grad_scores = grad_probs.sub_(row_dot[start:stop]).mul_(probs).to(queries.dtype)
+            grad_scores = grad_probs.sub_(row_dot[start:stop]).mul_(probs).to(keys.dtype)
             # S = (scale * Q) K^T, so dQ = scale * dS K and dK = dS^T (scale * Q).
             grad_queries[start:stop] = torch.bmm(grad_scores, keys).mul_(ctx.scale)
-            chunk_grad_keys = torch.bmm(grad_scores.transpose(1, 2), chunk_queries * ctx.scale)
+            chunk_queries = scaled_queries[start:stop]
+            chunk_grad_keys = torch.bmm(grad_scores.transpose(1, 2), chunk_queries)
             grad_keys.index_add_(0, index, chunk_grad_keys.view(-1, block_size, dim))
             grad_values.index_add_(0, index, chunk_grad_values.view(-1, block_size, dim))
+        ctx.chunks = None
         return grad_queries, grad_keys, grad_values, None, None, None
 
 
