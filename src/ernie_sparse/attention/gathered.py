@@ -126,7 +126,6 @@ class GatheredBlockAttention(torch.autograd.Function):
             chunk_grad_keys = torch.bmm(grad_scores.transpose(1, 2), chunk_queries)
             grad_keys.index_add_(0, index, chunk_grad_keys.view(-1, block_size, dim))
             grad_values.index_add_(0, index, chunk_grad_values.view(-1, block_size, dim))
-        ctx.chunks = None
         return grad_queries, grad_keys, grad_values, None, None, None
 
 
