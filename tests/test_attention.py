@@ -585,17 +585,23 @@ def test_flex_cpu_inference_matches_reference() -> None:
     q, k, v = random_inputs((batch, heads, seq_len, dim), generator=gen, dtype=torch.float32)
     layout = bigbird(4, num_heads=heads, num_global=1, window_width=0, num_random=1, generator=gen)
     layout[1, 2] = False  # an empty row in head 1
-    masks = [padding_mask([64, 40], seq_len), padding_mask([20, 64], seq_len)]
+    masks = [padding_mask([64, 40], seq_len), padding_mask([20, 64], seq_len), None]
     for mask in masks:
-        with torch.no_grad():
+        with torch.no_grad():  # inputs that require grad are fine for inference
             out = sparse_attention(
-                q, k, v, layout, block_size=block_size, key_padding_mask=mask, backend="flex"
+                *(t.requires_grad_() for t in (q, k, v)),
+                layout,
+                block_size=block_size,
+                key_padding_mask=mask,
+                backend="flex",
             )
         ref = sparse_attention(
             q, k, v, layout, block_size=block_size, key_padding_mask=mask, backend="reference"
         )
         assert not torch.isnan(out).any()
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        if mask is None:
+            continue
         no_keys = rows_without_keys(layout, block_size, out.shape, mask)
         assert no_keys[:, 1, 32:48].all()
         assert torch.all(out[no_keys] == 0)

@@ -105,7 +105,9 @@ def layout_block_mask(
     masks = _cached_masks(
         cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape), block_size, mask_block, str(device)
     )
-    if key_valid is None and masks.full is not None:
+    # Inductor's CPU template fails to compile masks of full blocks (torch 2.13), so CPU
+    # always checks the layout token by token.
+    if key_valid is None and masks.full is not None and device.type == "cuda":
         return masks.full
     token_layout = masks.layout
     shared_heads = token_layout.shape[0] == 1
@@ -139,6 +141,8 @@ def flex_sparse_attention(
             "backend 'flex' has no CPU backward in PyTorch; run it under torch.no_grad() "
             "or use backend='blocked' for CPU training"
         )
+    if q.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     batch, _heads, seq_len, _dim = q.shape
     mask_block = flex_block_size(block_size, q.device, q.dtype)
     padded_len = -(-seq_len // mask_block) * mask_block
