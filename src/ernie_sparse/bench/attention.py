@@ -287,18 +287,20 @@ def plot_bench(result: dict, path: Path) -> Path | None:
         return None
     rows = [r for r in result["rows"] if r["status"] == "ok"]
     fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for backend in dict.fromkeys(r["backend"] for r in rows):
+    # One colour per backend; solid for fwd+bwd, dashed for fwd.
+    for index, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         for mode in dict.fromkeys(r["mode"] for r in rows):
             points = [r for r in rows if r["backend"] == backend and r["mode"] == mode]
             if not points:
                 continue
-            style = "-o" if mode == "fwd+bwd" else "--x"
+            style = {"color": f"C{index}", "linestyle": "-" if mode == "fwd+bwd" else "--"}
+            style["marker"] = "o" if mode == "fwd+bwd" else "x"
             lengths = [r["seq_len"] for r in points]
             label = f"{backend} {mode}"
-            time_axis.plot(lengths, [r["median_ms"] for r in points], style, label=label)
+            time_axis.plot(lengths, [r["median_ms"] for r in points], label=label, **style)
             if points[0]["peak_mem_mb"] is not None:
                 memory = [r["peak_mem_mb"] for r in points]
-                memory_axis.plot(lengths, memory, style, label=label)
+                memory_axis.plot(lengths, memory, label=label, **style)
     meta = result["meta"]
     for axis, ylabel in ((time_axis, "median time (ms)"), (memory_axis, "peak memory (MiB)")):
         axis.set_xscale("log", base=2)
