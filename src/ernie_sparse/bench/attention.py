@@ -47,7 +47,7 @@ class BenchConfig:
     backends: tuple[str, ...] = ()  # empty: every backend that can run here
     modes: tuple[str, ...] = MODES  # fwd (no grad) and/or fwd+bwd
     repeats: int = 5  # timed runs per point (fewer once a point takes max_seconds)
-    warmup: int = 1  # untimed runs first
+    warmup: int = 2  # untimed runs first
     max_seconds: float = 30.0  # stop repeating a point after this much time (min 3 runs)
     memory: bool = True  # also measure peak memory (one more run per point)
     seed: int = 0  # inputs and random blocks
