@@ -195,9 +195,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
         raise ValueError("backend hf-bigbird needs transformers: pip install 'ernie-sparse[hf]'")
     dtype = getattr(torch, config.dtype)
     meta = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "device_type": device.type,
         "dtype": config.dtype,
         "threads": torch.get_num_threads(),
@@ -231,6 +229,17 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
                 rows.append(row)
                 log(_format_row(row))
     return {"meta": meta, "rows": rows}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _format_row(row: dict) -> str:
