@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .gathered import gathered_block_attention
+from .padding import pad_to_multiple
 from .reference import masked_attention
 
 
@@ -146,13 +147,7 @@ def blocked_attention(
     """Block-sparse attention over [B, H, N, D] inputs; N is padded to the block size inside."""
     batch, heads, seq_len, dim = q.shape
     num_blocks = layout.shape[-1]
-    pad = num_blocks * block_size - seq_len
-    key_valid = key_padding_mask
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        if key_valid is None:
-            key_valid = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
-        key_valid = F.pad(key_valid, (0, pad), value=False)
+    q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, block_size)
     plan = block_plan(layout)
     shape = (batch, heads, num_blocks, block_size, dim)
     q_blocks, k_blocks, v_blocks = (t.reshape(shape) for t in (q, k, v))  # [B, H, nb, bs, D]

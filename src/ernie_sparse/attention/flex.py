@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .padding import pad_to_multiple
+
 
 def flex_available() -> bool:
     try:
@@ -143,16 +145,9 @@ def flex_sparse_attention(
         )
     if q.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
-    batch, _heads, seq_len, _dim = q.shape
+    seq_len = q.shape[2]
     mask_block = flex_block_size(block_size, q.device, q.dtype)
-    padded_len = -(-seq_len // mask_block) * mask_block
-    pad = padded_len - seq_len
-    key_valid = key_padding_mask
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        if key_valid is None:
-            key_valid = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
-        key_valid = F.pad(key_valid, (0, pad), value=False)
+    q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, mask_block)
     block_mask = layout_block_mask(layout, block_size, key_valid, q.device, q.dtype)
     # Each new length compiles anew; past dynamo's default limit of 8 it would silently run
     # flex eagerly, materializing N x N scores. Allow more, and fail loudly past that.
