@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .gathered import gathered_block_attention
+from .layout_cache import LayoutKey, layout_from_key, layout_key
 from .padding import pad_to_multiple
 from .reference import masked_attention
 
@@ -58,17 +59,15 @@ def _build_plan(layout: torch.Tensor) -> BlockPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_plan(layout_bytes: bytes, shape: tuple[int, ...], device: str) -> BlockPlan:
-    layout = torch.frombuffer(bytearray(layout_bytes), dtype=torch.bool).view(shape)
-    plan = _build_plan(layout)
+def _cached_plan(key: LayoutKey, device: str) -> BlockPlan:
+    plan = _build_plan(layout_from_key(key))
     moved = {name: None if t is None else t.to(device) for name, t in vars(plan).items()}
     return BlockPlan(**moved)
 
 
 def block_plan(layout: torch.Tensor) -> BlockPlan:
     """The visiting plan of ``layout``, cached by content (so resampled layouts just work)."""
-    cpu_layout = layout.detach().to("cpu", torch.bool).contiguous()
-    return _cached_plan(cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape), str(layout.device))
+    return _cached_plan(layout_key(layout), str(layout.device))
 
 
 def _flat_key_index(plan: BlockPlan, batch: int, heads: int, num_blocks: int) -> torch.Tensor:

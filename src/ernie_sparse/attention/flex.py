@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .layout_cache import LayoutKey, layout_from_key, layout_key
 from .padding import pad_to_multiple
 
 
@@ -74,12 +75,11 @@ class FlexMasks:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_masks(
-    layout_bytes: bytes, shape: tuple[int, ...], block_size: int, mask_block: int, device: str
-) -> FlexMasks:
+def _cached_masks(key: LayoutKey, block_size: int, mask_block: int, device: str) -> FlexMasks:
     from torch.nn.attention.flex_attention import BlockMask
 
-    layout = torch.frombuffer(bytearray(layout_bytes), dtype=torch.bool).view(shape)
+    layout = layout_from_key(key)
+    shape = tuple(layout.shape)
     factor = mask_block // block_size
     coarse_blocks = -(-shape[-1] // factor)
     padded = F.pad(layout, (0, coarse_blocks * factor - shape[-1]) * 2)  # [Hl, nbp, nbp]
@@ -102,11 +102,8 @@ def layout_block_mask(
     dtype: torch.dtype = torch.float32,
 ):
     """BlockMask of ``layout`` for a padded length; ``key_valid`` [B, Np] masks padded keys."""
-    cpu_layout = layout.detach().to("cpu", torch.bool).contiguous()
     mask_block = flex_block_size(block_size, device, dtype)
-    masks = _cached_masks(
-        cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape), block_size, mask_block, str(device)
-    )
+    masks = _cached_masks(layout_key(layout), block_size, mask_block, str(device))
     # Inductor's CPU template fails to compile masks of full blocks (torch 2.13), so CPU
     # always checks the layout token by token.
     if key_valid is None and masks.full is not None and device.type == "cuda":

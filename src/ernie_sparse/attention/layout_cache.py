@@ -1,0 +1,24 @@
+"""Cache what backends derive from a layout by the layout's content, not its identity.
+
+A resampled layout (new random blocks each step) gets its own entry; the same
+pattern rebuilt each call hits the cache. Layouts are small ([H, nb, nb] bools),
+so hashing their bytes costs far less than attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LayoutKey = tuple[bytes, tuple[int, ...]]
+
+
+def layout_key(layout: torch.Tensor) -> LayoutKey:
+    """Hashable content of a layout: its bytes and shape."""
+    cpu_layout = layout.detach().to("cpu", torch.bool).contiguous()
+    return cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape)
+
+
+def layout_from_key(key: LayoutKey) -> torch.Tensor:
+    """The CPU layout a key was made from."""
+    data, shape = key
+    return torch.frombuffer(bytearray(data), dtype=torch.bool).view(shape)
