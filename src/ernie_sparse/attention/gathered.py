@@ -1,12 +1,13 @@
-"""Attention of query blocks over their own gathered key blocks, chunked like flash attention.
+"""Attention of query blocks over their own gathered key blocks, in cache-sized chunks.
 
 Each of R query blocks ([R, bs, D]) attends to the K = slots * bs keys of the
 key blocks listed in its row of ``key_index`` (indices into the flattened key
-blocks [M, bs, D]). Query blocks are processed in chunks small enough that the
-chunk's scores stay in cache: keys are gathered per chunk, nothing score-sized
-is kept for backward (only the output), and the backward recomputes the
-probabilities chunk by chunk. Attention dropout regenerates its mask from a
-saved seed.
+blocks [M, bs, D]). Query blocks are processed in chunks small enough that a
+chunk's scores stay in cache (plain batched matmuls run near the machine's
+matmul speed there, and no N-sized temporaries are page-faulted in). When a
+backward will run, each chunk keeps its gathered keys, values and
+probabilities, O(N * slots * bs) in all, so the backward needs no second
+gather or softmax. Attention dropout regenerates its mask from a saved seed.
 """
 
 from __future__ import annotations
