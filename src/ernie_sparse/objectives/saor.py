@@ -1,0 +1,123 @@
+"""Sparse-Attention-Oriented Regularization (ERNIE-Sparse, section 3.3).
+
+A second forward pass sees the input with its local (non-global) tokens rolled,
+which shifts the sparse pattern relative to the content; the loss ties the two
+predictions together with a symmetric KL:
+
+    L = NLL(p1) + NLL(p2) + alpha * (KL(p1 || p2) + KL(p2 || p1)) / 2
+
+With alpha = 0 the second pass is skipped and L = NLL(p1). R-Drop (the second
+pass differs only by dropout) uses the same loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_padding_mask(attention_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if attention_mask.dtype != torch.bool or tuple(attention_mask.shape) != tuple(shape[:2]):
+        raise ValueError(
+            f"attention_mask must be bool [B, N] = {tuple(shape[:2])} (True = real token), "
+            f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+        )
+    lengths = attention_mask.sum(dim=1)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    if not torch.equal(attention_mask, positions[None, :] < lengths[:, None]):
+        raise ValueError("attention_mask must mark a prefix of real tokens (padding at the end)")
+    return lengths
+
+
+def roll_local_tokens(
+    tokens: torch.Tensor,
+    *,
+    shift: int,
+    num_global: int = 0,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Roll each sequence's local tokens right by ``shift`` within its real length.
+
+    ``tokens`` is [B, N] (ids) or [B, N, ...] (embeddings). The first ``num_global``
+    positions and the padding after each sequence's real length stay where they are:
+    with x = (g, t1, ..., t8, pad) and shift 2 the result is (g, t7, t8, t1, ..., t6, pad),
+    the paper's x'. A negative shift rolls left. Also the word-order-shift attack (5.2).
+    """
+    if tokens.dim() < 2:
+        raise ValueError(f"tokens must be [B, N] or [B, N, ...], got {tuple(tokens.shape)}")
+    batch, seq_len = tokens.shape[:2]
+    if not 0 <= num_global <= seq_len:
+        raise ValueError(f"num_global={num_global} must be in [0, N={seq_len}]")
+    if attention_mask is None:
+        lengths = torch.full((batch,), seq_len, device=tokens.device)
+    else:
+        lengths = _check_padding_mask(attention_mask.to(tokens.device), tokens.shape)
+    positions = torch.arange(seq_len, device=tokens.device)[None, :]  # [1, N]
+    local_count = (lengths - num_global).clamp_min(1)[:, None]  # [B, 1]
+    is_local = (positions >= num_global) & (positions < lengths[:, None])
+    source = num_global + (positions - num_global - shift) % local_count  # [B, N]
+    source = torch.where(is_local, source, positions)
+    index = source.view(batch, seq_len, *([1] * (tokens.dim() - 2))).expand_as(tokens)
+    return tokens.gather(1, index)
+
+
+def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    """[..., C] logits and [...] labels -> the rows whose label is not ignored."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + [classes]"
+        )
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    keep = labels != ignore_index
+    return logits[keep], labels[keep]
+
+
+def symmetric_kl(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+    """(KL(p1 || p2) + KL(p2 || p1)) / 2, summed over classes, mean over rows [R, C]."""
+    log_p1 = F.log_softmax(logits1.float(), dim=-1)
+    log_p2 = F.log_softmax(logits2.float(), dim=-1)
+    kl_12 = F.kl_div(log_p2, log_p1, log_target=True, reduction="batchmean")  # KL(p1 || p2)
+    kl_21 = F.kl_div(log_p1, log_p2, log_target=True, reduction="batchmean")  # KL(p2 || p1)
+    return (kl_12 + kl_21) / 2
+
+
+def saor_terms(
+    logits1: torch.Tensor,
+    logits2: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL(p1) + NLL(p2), symmetric KL), batch means; with no second pass (NLL(p1), 0)."""
+    first, kept = _flatten(logits1, labels, ignore_index)
+    nll = F.cross_entropy(first.float(), kept)
+    if logits2 is None:
+        return nll, torch.zeros_like(nll)
+    if logits2.shape != logits1.shape:
+        raise ValueError(
+            f"logits2 {tuple(logits2.shape)} must match logits1 {tuple(logits1.shape)}"
+        )
+    second, _ = _flatten(logits2, labels, ignore_index)
+    return nll + F.cross_entropy(second.float(), kept), symmetric_kl(first, second)
+
+
+def saor_loss(
+    logits1: torch.Tensor,
+    logits2: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """NLL(p1) + NLL(p2) + alpha * (KL(p1||p2) + KL(p2||p1)) / 2, each a batch mean.
+
+    ``logits*`` are [..., C] and ``labels`` [...] (``ignore_index`` rows are left out, as
+    for masked LM or span QA). ``logits2=None`` is the single pass of alpha = 0: NLL(p1).
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if logits2 is None and alpha != 0:
+        raise ValueError(f"alpha={alpha} needs the second pass's logits2")
+    nll, kl = saor_terms(logits1, logits2, labels, ignore_index=ignore_index)
+    return nll + alpha * kl if logits2 is not None else nll

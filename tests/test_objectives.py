@@ -1,0 +1,122 @@
+"""SAOR: the roll that shifts the sparse pattern, and the loss, against direct computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ernie_sparse.objectives import roll_local_tokens, saor_loss, saor_terms
+
+
+def loop_roll(row: list[int], *, shift: int, num_global: int, length: int) -> list[int]:
+    """The paper's roll, position by position: x' = (globals, t_{L-k+1..L}, t_1.., padding)."""
+    local = row[num_global:length]
+    out = list(row)
+    for position, token in enumerate(local):
+        out[num_global + (position + shift) % len(local)] = token
+    return out
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 5, -3, 17])
+@pytest.mark.parametrize("num_global", [0, 1, 3])
+def test_roll_matches_loop_definition(shift: int, num_global: int) -> None:
+    lengths = [12, 9, 4]
+    tokens = torch.arange(1, 3 * 12 + 1).view(3, 12)
+    mask = torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]
+    rolled = roll_local_tokens(tokens, shift=shift, num_global=num_global, attention_mask=mask)
+    for row, length in enumerate(lengths):
+        expected = loop_roll(
+            tokens[row].tolist(), shift=shift, num_global=num_global, length=length
+        )
+        assert rolled[row].tolist() == expected
+
+
+def test_roll_is_the_papers_example() -> None:
+    x = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    assert roll_local_tokens(x, shift=2).tolist() == [[7, 8, 1, 2, 3, 4, 5, 6]]
+
+
+def test_roll_keeps_globals_and_padding_and_inverts() -> None:
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 10, 4, generator=gen)  # embeddings roll like ids
+    mask = torch.tensor([[True] * 10, [True] * 6 + [False] * 4])
+    rolled = roll_local_tokens(tokens, shift=3, num_global=2, attention_mask=mask)
+    assert torch.equal(rolled[:, :2], tokens[:, :2])
+    assert torch.equal(rolled[1, 6:], tokens[1, 6:])
+    assert not torch.equal(rolled[:, 2:6], tokens[:, 2:6])
+    back = roll_local_tokens(rolled, shift=-3, num_global=2, attention_mask=mask)
+    assert torch.equal(back, tokens)
+    ids = torch.arange(20).view(2, 10)
+    rolled_ids = roll_local_tokens(ids, shift=3, num_global=2, attention_mask=mask)
+    assert torch.equal(rolled, tokens[torch.arange(2)[:, None], rolled_ids - ids[:, :1]])
+
+
+def test_roll_refuses_bad_input() -> None:
+    tokens = torch.zeros(2, 5, dtype=torch.long)
+    holes = torch.tensor([[True, False, True, True, True], [True] * 5])
+    with pytest.raises(ValueError, match="prefix of real tokens"):
+        roll_local_tokens(tokens, shift=1, attention_mask=holes)
+    with pytest.raises(ValueError, match="bool"):
+        roll_local_tokens(tokens, shift=1, attention_mask=holes.long())
+    with pytest.raises(ValueError, match="num_global=6"):
+        roll_local_tokens(tokens, shift=1, num_global=6)
+
+
+def direct_saor(logits1, logits2, labels, alpha) -> float:
+    """The formula written out with Python floats, one example at a time."""
+    total_nll, total_kl = 0.0, 0.0
+    for row1, row2, label in zip(logits1.tolist(), logits2.tolist(), labels.tolist(), strict=True):
+        p1 = [math.exp(x) / sum(math.exp(y) for y in row1) for x in row1]
+        p2 = [math.exp(x) / sum(math.exp(y) for y in row2) for x in row2]
+        total_nll += -math.log(p1[label]) - math.log(p2[label])
+        kl12 = sum(a * math.log(a / b) for a, b in zip(p1, p2, strict=True))
+        kl21 = sum(b * math.log(b / a) for a, b in zip(p1, p2, strict=True))
+        total_kl += (kl12 + kl21) / 2
+    count = len(labels)
+    return total_nll / count + alpha * total_kl / count
+
+
+def test_saor_loss_equals_the_formula() -> None:
+    logits1 = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-2.0, 3.0, 1.0]])
+    logits2 = torch.tensor([[1.0, 0.0, 0.5], [0.3, -0.2, 0.9], [-1.0, 2.0, 2.5]])
+    labels = torch.tensor([0, 2, 1])
+    for alpha in (0.0, 0.5, 4.0):
+        got = saor_loss(logits1, logits2, labels, alpha=alpha).item()
+        assert got == pytest.approx(direct_saor(logits1, logits2, labels, alpha), rel=1e-6)
+
+
+def test_alpha_zero_is_plain_nll_of_one_pass() -> None:
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    assert torch.equal(saor_loss(logits, None, labels, alpha=0.0), F.cross_entropy(logits, labels))
+    with pytest.raises(ValueError, match="needs the second pass"):
+        saor_loss(logits, None, labels, alpha=1.0)
+
+
+def test_identical_passes_have_zero_kl_and_ignored_rows_drop_out() -> None:
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 6, 5, generator=gen)  # token-level, as masked LM
+    labels = torch.randint(0, 5, (2, 6), generator=gen)
+    labels[0, :3] = -100
+    nll, kl = saor_terms(logits, logits.clone(), labels)
+    assert kl.item() == pytest.approx(0.0, abs=1e-7)
+    kept = labels != -100
+    assert nll.item() == pytest.approx(2 * F.cross_entropy(logits[kept], labels[kept]).item())
+
+
+def test_gradients_reach_both_passes() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits1 = torch.randn(4, 3, generator=gen, requires_grad=True)
+    logits2 = torch.randn(4, 3, generator=gen, requires_grad=True)
+    saor_loss(logits1, logits2, torch.tensor([0, 1, 2, 1]), alpha=1.0).backward()
+    assert logits1.grad.abs().sum() > 0 and logits2.grad.abs().sum() > 0
+
+
+def test_mismatched_logits_are_refused() -> None:
+    with pytest.raises(ValueError, match="must match logits1"):
+        saor_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]), alpha=1.0)
+    with pytest.raises(ValueError, match="labels"):
+        saor_loss(torch.zeros(2, 3), None, torch.tensor([0, 1, 2]), alpha=0.0)
