@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .gathered import gathered_block_attention
-from .layout_cache import LayoutKey, layout_from_key, layout_key
+from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
 from .padding import pad_to_multiple
 from .reference import masked_attention
 
@@ -42,10 +42,9 @@ def _build_plan(layout: torch.Tensor) -> BlockPlan:
     dense_rows = is_dense_row.nonzero().flatten()
     sparse_rows = (~is_dense_row).nonzero().flatten()
     rows = layout[:, sparse_rows]  # [Hl, ns, nb]
-    counts = rows.sum(dim=-1)  # [Hl, ns]
+    counts, order = allowed_blocks_first(rows)  # [Hl, ns], [Hl, ns, nb]
     slots = max(1, int(counts.max())) if sparse_rows.numel() else 1
-    # A stable sort of "not allowed" puts each row's allowed key blocks first, in order.
-    order = torch.sort((~rows).to(torch.uint8), dim=-1, stable=True).indices[..., :slots]
+    order = order[..., :slots]
     slot_valid = torch.arange(slots) < counts[..., None]
     block_order = torch.cat([dense_rows, sparse_rows]).argsort()
     identity = torch.equal(block_order, torch.arange(num_blocks))

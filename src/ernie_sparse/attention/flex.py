@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layout_cache import LayoutKey, layout_from_key, layout_key
+from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
 from .padding import pad_to_multiple
 
 
@@ -35,9 +35,8 @@ def _compiled_flex():
 
 def _to_kv_indices(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts [1, Hl, nb] and ordered key block indices [1, Hl, nb, nb] of a layout."""
-    counts = layout.sum(dim=-1, dtype=torch.int32)
-    order = torch.sort((~layout).to(torch.uint8), dim=-1, stable=True).indices.to(torch.int32)
-    return counts[None].contiguous(), order[None].contiguous()
+    counts, order = allowed_blocks_first(layout)
+    return counts.to(torch.int32)[None].contiguous(), order.to(torch.int32)[None].contiguous()
 
 
 # Triton tiles that divide 64-token blocks; measured on an H100 to compile and run in

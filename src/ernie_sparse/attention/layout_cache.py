@@ -22,3 +22,11 @@ def layout_from_key(key: LayoutKey) -> torch.Tensor:
     """The CPU layout a key was made from."""
     data, shape = key
     return torch.frombuffer(bytearray(data), dtype=torch.bool).view(shape)
+
+
+def allowed_blocks_first(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a layout [..., nb]: how many key blocks it allows [...], and all key block
+    indices [..., nb] with the allowed ones first, in increasing order (a stable sort)."""
+    counts = layout.sum(dim=-1)
+    order = torch.sort((~layout).to(torch.uint8), dim=-1, stable=True).indices
+    return counts, order
