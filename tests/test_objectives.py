@@ -120,3 +120,118 @@ def test_mismatched_logits_are_refused() -> None:
         saor_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]), alpha=1.0)
     with pytest.raises(ValueError, match="labels"):
         saor_loss(torch.zeros(2, 3), None, torch.tensor([0, 1, 2]), alpha=0.0)
+
+
+# --- saor_forward: SAOR around any task model ---
+
+from ernie_sparse.models import (  # noqa: E402
+    MaskedLM,
+    MultipleChoice,
+    SAORConfig,
+    SequenceClassifier,
+    preset,
+)
+from ernie_sparse.objectives import saor_forward  # noqa: E402
+
+
+def _model(model_class, *, alpha, mode="roll", roll=3, **kwargs):
+    config = preset(
+        "ernie-sparse",
+        vocab_size=40,
+        hidden_size=16,
+        num_heads=2,
+        num_layers=2,
+        mlp_size=32,
+        block_size=4,
+        num_global=2,
+        max_positions=64,
+        saor={"alpha": alpha, "mode": mode, "roll_tokens": roll},
+    )
+    torch.manual_seed(0)
+    return model_class(config, **kwargs)
+
+
+def _classification_batch(generator):
+    ids = torch.randint(0, 40, (3, 21), generator=generator)
+    mask = torch.arange(21)[None, :] < torch.tensor([[21], [15], [8]])
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+
+
+def _count_forwards(model):
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_saor_forward_alpha_zero_is_one_plain_pass(generator) -> None:
+    model = _model(SequenceClassifier, alpha=0.0, num_labels=2).eval()
+    batch = _classification_batch(generator)
+    calls = _count_forwards(model)
+    out = saor_forward(model, batch)
+    assert len(calls) == 1 and out.second_logits is None and out.kl == 0
+    torch.testing.assert_close(out.loss, model(**batch).loss)
+
+
+@pytest.mark.parametrize("as_one_batch", [True, False])
+def test_saor_forward_equals_two_explicit_passes(generator, as_one_batch) -> None:
+    model = _model(SequenceClassifier, alpha=2.0, num_labels=2).eval()
+    batch = _classification_batch(generator)
+    out = saor_forward(model, batch, as_one_batch=as_one_batch)
+    first = model(batch["input_ids"], batch["attention_mask"]).logits
+    rolled_ids = roll_local_tokens(
+        batch["input_ids"], shift=3, num_global=2, attention_mask=batch["attention_mask"]
+    )
+    second = model(rolled_ids, batch["attention_mask"]).logits
+    want = saor_loss(first, second, batch["labels"], alpha=2.0)
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+    assert out.kl > 0  # the rolled pattern changes the prediction
+
+
+def test_saor_roll_zero_and_rdrop_in_eval_have_zero_kl(generator) -> None:
+    batch = _classification_batch(generator)
+    for mode, roll in (("roll", 0), ("dropout", 3)):
+        model = _model(SequenceClassifier, alpha=1.0, mode=mode, roll=roll, num_labels=2).eval()
+        assert saor_forward(model, batch).kl.abs() < 1e-6
+    model.train()  # R-Drop: dropout alone makes the passes differ
+    assert saor_forward(model, batch).kl > 0
+
+
+class TokenEcho(torch.nn.Module):
+    """Per-token logits that depend only on each token: a roll must not change them
+    once the second pass is rolled back."""
+
+    SEQUENCE_INPUTS = (("input_ids", "attention_mask"),)
+    LOGITS_SEQUENCE_DIM = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = preset("dense", vocab_size=40, num_global=2)
+        self.table = torch.nn.Embedding(40, 5)
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.table(input_ids)})
+
+
+def test_token_logits_of_the_rolled_pass_are_rolled_back(generator) -> None:
+    batch = _classification_batch(generator)
+    batch["labels"] = torch.randint(0, 5, (3, 21), generator=generator)
+    out = saor_forward(TokenEcho(), batch, config=SAORConfig(alpha=1.0, roll_tokens=5))
+    torch.testing.assert_close(out.second_logits, out.logits)
+    assert out.kl.abs() < 1e-6
+
+
+def test_saor_forward_runs_mlm_and_multiple_choice_with_gradients(generator) -> None:
+    batch = _classification_batch(generator)
+    labels = torch.full((3, 21), -100)
+    labels[:, 4:7] = batch["input_ids"][:, 4:7]
+    mlm = _model(MaskedLM, alpha=1.0).train()
+    out = saor_forward(mlm, {**batch, "labels": labels})
+    out.loss.backward()
+    assert all(p.grad is not None for p in mlm.parameters())
+    choice = {
+        "input_ids": torch.stack([batch["input_ids"], (batch["input_ids"] * 7) % 40], dim=1),
+        "attention_mask": batch["attention_mask"][:, None].expand(3, 2, 21).contiguous(),
+        "labels": torch.tensor([0, 1, 0]),
+    }
+    out = saor_forward(_model(MultipleChoice, alpha=1.0).eval(), choice)
+    assert out.logits.shape == out.second_logits.shape == (3, 2) and out.kl > 0

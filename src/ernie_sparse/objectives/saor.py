@@ -12,8 +12,14 @@ pass differs only by dropout) uses the same loss.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ..models.config import SAORConfig
 
 
 def _check_padding_mask(attention_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -121,3 +127,95 @@ def saor_loss(
         raise ValueError(f"alpha={alpha} needs the second pass's logits2")
     nll, kl = saor_terms(logits1, logits2, labels, ignore_index=ignore_index)
     return nll + alpha * kl if logits2 is not None else nll
+
+
+@dataclass
+class SAOROutput:
+    loss: torch.Tensor  # NLL(p1) [+ NLL(p2) + alpha * KL]
+    nll: torch.Tensor  # NLL(p1) + NLL(p2), or NLL(p1) with one pass
+    kl: torch.Tensor  # symmetric KL between the passes (0 with one pass)
+    logits: torch.Tensor  # first pass (the unrolled input)
+    second_logits: torch.Tensor | None  # second pass, aligned with the input's tokens
+
+
+def saor_forward(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    config: SAORConfig | None = None,
+    as_one_batch: bool = True,
+) -> SAOROutput:
+    """One training step's loss for any task model, with SAOR as ``config`` says
+    (default: ``model.config.saor``).
+
+    alpha = 0: one plain forward pass, loss = NLL(p1). Otherwise a second pass sees
+    the input with its local tokens rolled by ``roll_tokens`` (mode ``roll``) or
+    the same input under other dropout (mode ``dropout``, R-Drop); token-level
+    logits of a rolled pass are rolled back so both passes score the same tokens.
+    ``as_one_batch`` runs both passes as one batch of 2B (faster; twice the memory).
+    """
+    config = config if config is not None else model.config.saor
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    if config.alpha == 0:
+        logits = model(**inputs).logits
+        nll, kl = saor_terms(logits, None, labels)
+        return SAOROutput(nll, nll, kl, logits, None)
+    rolled = config.mode == "roll"
+    shift = config.roll_tokens
+    num_global = model.config.num_global
+    second = _roll_inputs(model, inputs, shift=shift, num_global=num_global) if rolled else inputs
+    if as_one_batch:
+        joined = {
+            key: None if value is None else torch.cat([value, second[key]])
+            for key, value in inputs.items()
+        }
+        logits, second_logits = model(**joined).logits.chunk(2)
+    else:
+        logits, second_logits = model(**inputs).logits, model(**second).logits
+    if rolled and model.LOGITS_SEQUENCE_DIM is not None:
+        second_logits = _roll_logits_back(model, second_logits, inputs, shift, num_global)
+    nll, kl = saor_terms(logits, second_logits, labels)
+    return SAOROutput(nll + config.alpha * kl, nll, kl, logits, second_logits)
+
+
+def _roll_inputs(
+    model: nn.Module, inputs: dict[str, torch.Tensor], *, shift: int, num_global: int
+) -> dict[str, torch.Tensor]:
+    """The batch with each sequence group's local tokens rolled right by ``shift``."""
+    rolled = dict(inputs)
+    for ids_key, mask_key, *others in model.SEQUENCE_INPUTS:
+        mask = inputs.get(mask_key)
+        for key in (ids_key, *others):
+            if key in inputs:
+                rolled[key] = _roll_flat(inputs[key], mask, shift=shift, num_global=num_global)
+    return rolled
+
+
+def _roll_flat(
+    tokens: torch.Tensor, mask: torch.Tensor | None, *, shift: int, num_global: int
+) -> torch.Tensor:
+    """roll_local_tokens over the last dimension of [..., n] ids (e.g. [B, choices, n])."""
+    length = tokens.shape[-1]
+    flat_mask = None if mask is None else mask.reshape(-1, length).bool()
+    flat = roll_local_tokens(
+        tokens.reshape(-1, length), shift=shift, num_global=num_global, attention_mask=flat_mask
+    )
+    return flat.view(tokens.shape)
+
+
+def _roll_logits_back(
+    model: nn.Module,
+    logits: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    shift: int,
+    num_global: int,
+) -> torch.Tensor:
+    """Undo the roll on the token dimension of the second pass's logits."""
+    _, mask_key, *_ = model.SEQUENCE_INPUTS[0]
+    mask = inputs.get(mask_key)
+    token_dim = model.LOGITS_SEQUENCE_DIM
+    moved = logits.movedim(token_dim, 1)  # [B, n, ...]
+    flat_mask = None if mask is None else mask.bool()
+    back = roll_local_tokens(moved, shift=-shift, num_global=num_global, attention_mask=flat_mask)
+    return back.movedim(1, token_dim)

@@ -1,0 +1,206 @@
+"""Typed model configuration: one dataclass per concern, one comment per field.
+
+``ModelConfig.from_dict`` and ``with_overrides`` refuse unknown keys and wrong
+types by name, so a YAML preset or a ``key=value`` override cannot silently do
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..attention.dispatch import BACKENDS
+from ..patterns.blockbert import parse_head_split
+from ..patterns.registry import PATTERNS, pattern_parameters
+
+POOLINGS = ("mean", "max", "cls")
+SAOR_MODES = ("roll", "dropout")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+LAYER_NORMS = ("post", "pre")
+
+
+@dataclass
+class HSTConfig:
+    """Hierarchical Sparse Transformer (ERNIE-Sparse section 3.2)."""
+
+    enabled: bool = False  # insert a representative token per local block + hierarchical attention
+    shared_weights: bool = False  # hierarchical attention reuses the sparse layer's (Table 5 #3)
+    pooling: Literal["mean", "max", "cls"] = "mean"  # over representatives, or the first token
+
+    def __post_init__(self) -> None:
+        _check_choice("hst.pooling", self.pooling, POOLINGS)
+
+
+@dataclass
+class SAORConfig:
+    """Sparse-Attention-Oriented Regularization (ERNIE-Sparse section 3.3)."""
+
+    alpha: float = 0.0  # weight of the symmetric KL; 0 = one plain forward pass
+    roll_tokens: int = 8  # k: the second pass rolls the local tokens right by k
+    mode: Literal["roll", "dropout"] = "roll"  # dropout = R-Drop: no roll (Table 5 #4)
+
+    def __post_init__(self) -> None:
+        _check_choice("saor.mode", self.mode, SAOR_MODES)
+        if self.alpha < 0:
+            raise ValueError(f"saor.alpha must be >= 0, got {self.alpha}")
+
+
+@dataclass
+class ModelConfig:
+    """An encoder: sizes, regularization, sparse pattern, HST and SAOR."""
+
+    vocab_size: int  # token ids are in [0, vocab_size)
+    hidden_size: int = 256  # d: width of every token state
+    num_heads: int = 4  # attention heads (hidden_size must divide evenly)
+    num_layers: int = 4  # sparse transformer layers
+    mlp_size: int = 1024  # inner width of each layer's feed-forward block
+    dropout: float = 0.1  # on embeddings, sublayer outputs and heads
+    attention_dropout: float = 0.1  # on attention probabilities
+    max_positions: int = 4096  # learned position embeddings; longer inputs are refused
+    type_vocab_size: int = 0  # segment (token type) embeddings; 0 = none (RoBERTa has 1)
+    layer_norm: Literal["post", "pre"] = "post"  # post-LN (BERT) or pre-LN (+ a final LayerNorm)
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5)
+    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # feed-forward nonlinearity
+    initializer_range: float = 0.02  # std of the normal initialization of weights
+    pattern: str = "dense"  # sparse pattern family (ernie_sparse.patterns.PATTERNS)
+    pattern_params: dict[str, Any] = field(default_factory=dict)  # the family's own parameters
+    block_size: int = 64  # attention block, in positions (with HST: 1 representative + 63 tokens)
+    num_global: int = 0  # leading input tokens that see all and are seen by all
+    pattern_seed: int = 0  # seeds random blocks; layer l draws with seed + l
+    resample_pattern: bool = False  # draw new random blocks every training forward
+    attention_backend: str = "auto"  # auto | blocked | flex | reference (ernie_sparse.attention)
+    hst: HSTConfig = field(default_factory=HSTConfig)
+    saor: SAORConfig = field(default_factory=SAORConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hst, dict):
+            self.hst = HSTConfig(**self.hst)
+        if isinstance(self.saor, dict):
+            self.saor = SAORConfig(**self.saor)
+        for name in ("vocab_size", "hidden_size", "num_heads", "num_layers", "mlp_size"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("max_positions", self.max_positions)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        _check_choice("layer_norm", self.layer_norm, LAYER_NORMS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("attention_backend", self.attention_backend, ("auto", *BACKENDS))
+        self._check_pattern()
+
+    def _check_pattern(self) -> None:
+        _check_choice("pattern", self.pattern, tuple(PATTERNS))
+        accepted = set(pattern_parameters(self.pattern)) - {"num_heads", "generator"}
+        unknown = sorted(set(self.pattern_params) - accepted)
+        if unknown:
+            raise ValueError(
+                f"pattern {self.pattern!r} takes {', '.join(sorted(accepted)) or 'no parameters'}; "
+                f"got pattern_params {', '.join(unknown)}"
+            )
+        if "num_global" in self.pattern_params:
+            raise ValueError(
+                "set global tokens with num_global (in tokens), not pattern_params.num_global"
+            )
+        minimum = 2 if self.hst.enabled else 1
+        if self.block_size < minimum:
+            raise ValueError(f"block_size must be >= {minimum} here, got {self.block_size}")
+        if self.num_global < 0:
+            raise ValueError(f"num_global must be >= 0, got {self.num_global}")
+        if self.pattern == "blockbert":
+            heads = sum(parse_head_split(str(self.pattern_params.get("head_split", ""))))
+            if heads != self.num_heads:
+                raise ValueError(
+                    f"blockbert head_split {self.pattern_params.get('head_split')!r} covers "
+                    f"{heads} heads but num_heads={self.num_heads}"
+                )
+
+    @property
+    def block_multiple(self) -> int:
+        """The pattern's block count must be a multiple of this (BlockBERT's parts)."""
+        if self.pattern == "blockbert":
+            return len(parse_head_split(str(self.pattern_params["head_split"])))
+        return 1
+
+    @property
+    def tokens_per_block(self) -> int:
+        """Input tokens in one local block: one position goes to the representative with HST."""
+        return self.block_size - 1 if self.hst.enabled else self.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        return _build(cls, values, prefix="")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
+        """A copy with dotted keys replaced: ``{"hst.pooling": "max", "num_layers": 2}``."""
+        values = self.to_dict()
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            target = values
+            for part in parents:
+                if not isinstance(target.get(part), dict):
+                    raise ValueError(f"unknown config key {dotted!r}")
+                target = target[part]
+            if leaf not in target and not (parents and parents[-1] == "pattern_params"):
+                raise ValueError(f"unknown config key {dotted!r}")
+            target[leaf] = value
+        return ModelConfig.from_dict(values)
+
+
+def _build(cls: type, values: dict[str, Any], *, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise TypeError(f"config {prefix.rstrip('.') or cls.__name__} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(prefix + k for k in fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, hint)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check a value against a field's annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        _check_choice(name, value, typing.get_args(hint))
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return value
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise TypeError(f"{name} must be int, got bool {value!r}")
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

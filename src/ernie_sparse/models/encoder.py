@@ -1,0 +1,312 @@
+"""The encoder: embeddings, sparse layers, HST, pooling.
+
+input_ids [B, n] -> embeddings -> internal sequence [B, L, d] (structure.py)
+  -> L x (sparse attention + FFN, then HST hierarchical attention)
+  -> per-token states [B, n, d], representatives [B, m, d], pooled [B, d]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..attention import sparse_attention
+from ..patterns import global_blocks, make_layout, pattern_parameters
+from .config import ModelConfig
+from .hierarchical import hierarchical_attention, pool
+from .layers import AttentionSublayer, FeedForwardSublayer
+from .structure import SequencePlan, internal_key_mask, plan_sequence, representative_mask
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: torch.Tensor  # [B, n, d] one state per input token
+    attention_mask: torch.Tensor  # [B, n] bool, True at real tokens
+    pooled: torch.Tensor  # [B, d] per config.hst.pooling
+    representatives: torch.Tensor | None  # [B, m, d] with HST, else None
+    representative_mask: torch.Tensor | None  # [B, m] False for all-padding blocks
+
+
+class Embeddings(nn.Module):
+    """Token + learned position (+ segment) embeddings; HST's representative embedding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, width)
+        self.position = nn.Embedding(config.max_positions, width)
+        self.token_type = (
+            nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        )
+        # E(r): one learned vector shared by every representative token.
+        self.representative = nn.Parameter(torch.zeros(width)) if config.hst.enabled else None
+        self.norm = (
+            nn.LayerNorm(width, eps=config.layer_norm_eps)
+            if config.layer_norm == "post"
+            else nn.Identity()
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        plan: SequencePlan,
+    ) -> torch.Tensor:
+        """[B, n] ids -> internal sequence [B, L, d] (zeros at unused positions)."""
+        batch, seq_len = input_ids.shape
+        positions = torch.arange(seq_len, device=input_ids.device)
+        tokens = self.word(input_ids) + self.position(positions)  # [B, n, d]
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            tokens = tokens + self.token_type(token_type_ids)
+        hidden = tokens.new_zeros(batch, plan.length, tokens.shape[-1])
+        hidden = hidden.index_copy(1, plan.token_positions.to(hidden.device), tokens)
+        if self.representative is not None:
+            rep_positions = plan.representative_positions.to(hidden.device)
+            reps = self.representative.to(hidden.dtype).expand(batch, len(rep_positions), -1)
+            hidden = hidden.index_copy(1, rep_positions, reps)
+        return self.dropout(self.norm(hidden))
+
+
+class EncoderLayer(nn.Module):
+    """Sparse attention + FFN; then, with HST, attention among the representatives."""
+
+    def __init__(self, config: ModelConfig, *, hierarchical: bool) -> None:
+        super().__init__()
+        self.attention = AttentionSublayer(config)
+        self.feed_forward = FeedForwardSublayer(config)
+        self.has_hierarchical = hierarchical
+        own_weights = hierarchical and not config.hst.shared_weights
+        self.hierarchical = AttentionSublayer(config) if own_weights else None
+
+    def hierarchical_sublayer(self) -> AttentionSublayer:
+        """The hierarchical attention's weights: its own, or the sparse layer's (shared)."""
+        return self.hierarchical if self.hierarchical is not None else self.attention
+
+
+class PatternLayouts:
+    """The per-layer block layouts of the configured pattern.
+
+    Random blocks are drawn with ``pattern_seed + layer`` and kept per shape (the
+    same in training and evaluation). With ``resample_pattern`` each training
+    forward draws new ones from ``self.generator`` (checkpoint its state to resume).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.random = "generator" in pattern_parameters(config.pattern)
+        self.generator = torch.Generator().manual_seed(config.pattern_seed)
+        self._frozen: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def for_layers(self, plan: SequencePlan, *, training: bool) -> list[torch.Tensor]:
+        count = self.config.num_layers
+        if training and self.config.resample_pattern and self.random:
+            return [self._build(plan, self.generator) for _ in range(count)]
+        key = (plan.num_blocks, plan.global_blocks)
+        if key not in self._frozen:
+            if self.random:
+                seeds = [self.config.pattern_seed + layer for layer in range(count)]
+                layouts = [self._build(plan, torch.Generator().manual_seed(s)) for s in seeds]
+            else:
+                layouts = [self._build(plan, None)] * count
+            self._frozen[key] = layouts
+        return self._frozen[key]
+
+    def _build(self, plan: SequencePlan, generator: torch.Generator | None) -> torch.Tensor:
+        config = self.config
+        params = dict(config.pattern_params)
+        takes_global = "num_global" in pattern_parameters(config.pattern)
+        if takes_global:
+            params["num_global"] = plan.global_blocks
+        layout = make_layout(
+            config.pattern,
+            seq_len=plan.length,
+            block_size=plan.block_size,
+            num_heads=config.num_heads,
+            generator=generator,
+            **params,
+        )
+        if plan.global_blocks and not takes_global:
+            layout = layout | global_blocks(plan.num_blocks, plan.global_blocks)
+        return layout
+
+
+class Encoder(nn.Module):
+    """ERNIE-Sparse encoder (and, by configuration, each baseline of the paper).
+
+    ``final_representatives``: whether a head reads the representatives after the
+    last layer (mean / max pooling). When it does not, the last layer's hierarchical
+    attention could change no output, so it is not built (no unused parameters).
+    """
+
+    def __init__(self, config: ModelConfig, *, final_representatives: bool | None = None) -> None:
+        super().__init__()
+        self.config = config
+        if final_representatives is None:
+            final_representatives = config.hst.pooling != "cls"
+        hst = config.hst.enabled
+        last = config.num_layers - 1
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(
+            EncoderLayer(config, hierarchical=hst and (i < last or final_representatives))
+            for i in range(config.num_layers)
+        )
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.layer_norm == "pre"
+            else nn.Identity()
+        )
+        self.layouts = PatternLayouts(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Embeddings) and module.representative is not None:
+            nn.init.normal_(module.representative, std=std)
+
+    def plan(self, input_len: int) -> SequencePlan:
+        config = self.config
+        return plan_sequence(
+            input_len,
+            block_size=config.block_size,
+            num_global=config.num_global,
+            hst=config.hst.enabled,
+            block_multiple=config.block_multiple,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        attention_mask = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        plan = self.plan(input_ids.shape[1])
+        device = input_ids.device
+        rep_mask = representative_mask(plan, attention_mask) if plan.hst else None
+        key_mask = internal_key_mask(plan, attention_mask, rep_mask)
+        hidden = self.embeddings(input_ids, token_type_ids, plan)
+        layouts = self.layouts.for_layers(plan, training=self.training)
+        for layer, layout in zip(self.layers, layouts, strict=True):
+            hidden = self._sparse_layer(layer, hidden, layout, key_mask)
+            if layer.has_hierarchical:
+                hidden = hierarchical_attention(
+                    hidden,
+                    layer.hierarchical_sublayer(),
+                    positions=plan.representative_positions.to(device),
+                    representative_mask=rep_mask,
+                    dropout_p=self._attention_dropout(),
+                )
+        hidden = self.final_norm(hidden)
+        tokens = hidden.index_select(1, plan.token_positions.to(device))  # [B, n, d]
+        reps = None
+        if plan.hst:
+            reps = hidden.index_select(1, plan.representative_positions.to(device))  # [B, m, d]
+        if reps is not None and self.config.hst.pooling != "cls":
+            pooled = pool(reps, rep_mask, self.config.hst.pooling)
+        else:
+            pooled = pool(tokens, attention_mask, self.config.hst.pooling)
+        return EncoderOutput(tokens, attention_mask, pooled, reps, rep_mask)
+
+    def _sparse_layer(
+        self,
+        layer: EncoderLayer,
+        hidden: torch.Tensor,
+        layout: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return sparse_attention(
+                q,
+                k,
+                v,
+                layout,
+                block_size=self.config.block_size,
+                key_padding_mask=key_mask,
+                backend=self.config.attention_backend,
+                dropout_p=self._attention_dropout(),
+            )
+
+        return layer.feed_forward(layer.attention(hidden, attend))
+
+    def _attention_dropout(self) -> float:
+        return self.config.attention_dropout if self.training else 0.0
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Validate the inputs; returns the attention mask as bool [B, n]."""
+        config = self.config
+        check_ids("input_ids", input_ids, config.vocab_size)
+        seq_len = input_ids.shape[1]
+        if seq_len > config.max_positions:
+            raise ValueError(
+                f"input length {seq_len} exceeds max_positions={config.max_positions}; "
+                "split or shorten the input (nothing is truncated silently)"
+            )
+        if token_type_ids is not None:
+            if config.type_vocab_size == 0:
+                raise ValueError("token_type_ids given but the config has type_vocab_size=0")
+            check_ids("token_type_ids", token_type_ids, config.type_vocab_size)
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids {tuple(token_type_ids.shape)} must match input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
+        mask = as_bool_mask(attention_mask, input_ids)
+        lengths = mask.sum(dim=1)
+        needed = config.num_global + 1 if config.hst.enabled else 1
+        short = (lengths < needed).nonzero().flatten()
+        if short.numel():
+            index = int(short[0])
+            why = f"more than num_global={config.num_global} (HST needs a local block)"
+            raise ValueError(
+                f"sequence {index} has {int(lengths[index])} real tokens; it needs at least "
+                f"{needed}" + (f": {why}" if config.hst.enabled else "")
+            )
+        return mask
+
+
+def check_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be a 2-d tensor [B, n], got {shape}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be int64 or int32 token ids, got {ids.dtype}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} has length 0")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name} must be in [0, {vocab_size}), found values in [{low}, {high}]")
+
+
+def as_bool_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+    """None -> all real; bool or 0/1 integers [B, n] -> bool."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+            f"{tuple(input_ids.shape)}"
+        )
+    if attention_mask.dtype != torch.bool:
+        zero_one = (attention_mask == 0) | (attention_mask == 1)
+        if attention_mask.is_floating_point() or not bool(zero_one.all()):
+            raise ValueError("attention_mask must be bool or integers 0/1 (1 = real token)")
+        attention_mask = attention_mask.bool()
+    return attention_mask.to(input_ids.device)

@@ -1,0 +1,81 @@
+"""The paper's models as configurations of one encoder.
+
+Baselines (ERNIE-Sparse Table 1): dense Transformer, local attention,
+Longformer-style window + global, Sparse Transformer (fixed), BigBird, BlockBERT.
+ERNIE-Sparse = BigBird pattern + HST + SAOR; its Table 5 ablations are presets
+too, and Table 6's pooling is the override ``hst.pooling=mean|max|cls``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ModelConfig
+
+# Overrides of ModelConfig per preset. Placeholders: "{global}" = 2 blocks of tokens
+# (BigBird's 2 global blocks); "{blockbert_split}" = half the heads per permutation.
+_GLOBAL = "{global}"
+_BIGBIRD: dict[str, Any] = {
+    "pattern": "bigbird",
+    "pattern_params": {"window_width": 1, "num_random": 3},
+    "num_global": _GLOBAL,
+}
+_ERNIE: dict[str, Any] = {
+    **_BIGBIRD,
+    "hst": {"enabled": True, "shared_weights": False, "pooling": "mean"},
+    "saor": {"alpha": 5.0, "roll_tokens": 8, "mode": "roll"},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "dense": {"pattern": "dense"},
+    "local": {"pattern": "local"},
+    "longformer": {"pattern": "window", "pattern_params": {"width": 1}, "num_global": _GLOBAL},
+    "sparse-fixed": {"pattern": "fixed", "pattern_params": {"stride": 4, "summary": 1}},
+    "bigbird": _BIGBIRD,
+    "blockbert": {"pattern": "blockbert", "pattern_params": {"head_split": "{blockbert_split}"}},
+    "ernie-sparse": _ERNIE,
+    # Table 5 ablations.
+    "ernie-sparse-no-hst": {**_ERNIE, "hst": {"enabled": False}},  # 1
+    "ernie-sparse-no-saor": {**_ERNIE, "saor": {"alpha": 0.0}},  # 2
+    "ernie-sparse-ws-hst": {  # 3: w/o SAOR, HST shares the sparse layer's weights
+        **_ERNIE,
+        "hst": {"enabled": True, "shared_weights": True, "pooling": "mean"},
+        "saor": {"alpha": 0.0},
+    },
+    "ernie-sparse-rdrop": {  # 4: w/o SAOR's roll, R-Drop (dropout-only second pass)
+        **_ERNIE,
+        "saor": {"alpha": 5.0, "roll_tokens": 0, "mode": "dropout"},
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A preset's config with ModelConfig field ``overrides`` (``hst``/``saor`` given as
+    dicts merge into the preset's). ``vocab_size`` is required."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    resolved = _resolve(
+        PRESETS[name],
+        block_size=overrides.get("block_size", 64),
+        heads=overrides.get("num_heads", 4),
+    )
+    return ModelConfig.from_dict(_merge(resolved, overrides))
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if key in ("hst", "saor") and isinstance(value, dict):
+            value = {**base.get(key, {}), **value}
+        merged[key] = value
+    return merged
+
+
+def _resolve(values: Any, *, block_size: int, heads: int) -> Any:
+    """Fill the placeholders that depend on the block size and head count."""
+    if isinstance(values, dict):
+        return {k: _resolve(v, block_size=block_size, heads=heads) for k, v in values.items()}
+    if values == _GLOBAL:
+        return 2 * block_size
+    if values == "{blockbert_split}":
+        return f"{heads - heads // 2}:{heads // 2}" if heads > 1 else "1"
+    return values
