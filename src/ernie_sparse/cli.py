@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.attention import add_arguments as add_attention_bench
 
     add_attention_bench(bench_kinds.add_parser("attention", help="attention backends vs length"))
+    from .bench.model import add_arguments as add_model_bench
+
+    add_model_bench(bench_kinds.add_parser("model", help="whole models' training step vs length"))
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 

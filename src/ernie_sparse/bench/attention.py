@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +21,15 @@ import torch.nn.functional as F
 
 from ..attention import sparse_attention
 from ..patterns import bigbird, num_blocks_for
+from .common import (
+    device_name,
+    int_list,
+    is_out_of_memory,
+    median_ms,
+    save_time_memory_figure,
+    str_list,
+    time_memory_figure,
+)
 from .hf_bigbird import hf_bigbird_attention, hf_bigbird_available
 from .memory import peak_memory_mb
 
@@ -101,26 +107,15 @@ def _runner(fn: Callable, inputs: list[torch.Tensor], mode: str) -> Callable[[],
     return forward_backward
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(run: Callable[[], None], config: BenchConfig, device: torch.device) -> float:
     """Median wall time in ms of ``run`` after warm-up."""
-    for _ in range(config.warmup):
-        run()
-    _synchronize(device)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < config.repeats:
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-        if len(times) >= 3 and time.perf_counter() - started > config.max_seconds:
-            break
-    return statistics.median(times)
+    return median_ms(
+        run,
+        device,
+        repeats=config.repeats,
+        warmup=config.warmup,
+        max_seconds=config.max_seconds,
+    )
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
@@ -135,10 +130,6 @@ def useful_gflop(pairs: int, config: BenchConfig, mode: str) -> float:
     """QK^T and PV: 2 matmuls x 2 flops per multiply-add; backward does twice the forward."""
     forward = 4 * config.batch * config.head_dim * pairs
     return forward * (3 if mode == "fwd+bwd" else 1) / 1e9
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def bench_point(
@@ -177,7 +168,7 @@ def bench_point(
         if config.memory:
             row["peak_mem_mb"] = round(peak_memory_mb(run, device), 2)
     except (RuntimeError, torch.OutOfMemoryError) as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         row["status"] = "oom"
         return row
@@ -195,7 +186,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
         raise ValueError("backend hf-bigbird needs transformers: pip install 'ernie-sparse[hf]'")
     dtype = getattr(torch, config.dtype)
     meta = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": device_name(device),
         "device_type": device.type,
         "dtype": config.dtype,
         "threads": torch.get_num_threads(),
@@ -229,17 +220,6 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
                 rows.append(row)
                 log(_format_row(row))
     return {"meta": meta, "rows": rows}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _format_row(row: dict) -> str:
@@ -287,15 +267,11 @@ def _cell(row: dict | None) -> str:
 
 def plot_bench(result: dict, path: Path) -> Path | None:
     """Time and memory vs length, log-log, one line per backend and mode."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    figure = time_memory_figure()
+    if figure is None:
         return None
+    fig, (time_axis, memory_axis) = figure
     rows = [r for r in result["rows"] if r["status"] == "ok"]
-    fig, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     # One colour per backend; solid for fwd+bwd, dashed for fwd.
     for index, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         for mode in dict.fromkeys(r["mode"] for r in rows):
@@ -311,31 +287,22 @@ def plot_bench(result: dict, path: Path) -> Path | None:
                 memory = [r["peak_mem_mb"] for r in points]
                 memory_axis.plot(lengths, memory, label=label, **style)
     meta = result["meta"]
-    for axis, ylabel in ((time_axis, "median time (ms)"), (memory_axis, "peak memory (MiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("sequence length")
-        axis.set_ylabel(ylabel)
-        axis.grid(True, which="both", alpha=0.3)
-    time_axis.legend(fontsize=8)
-    fig.suptitle(
+    title = (
         f"attention, {meta['device']} ({meta['device_type']}), {meta['dtype']}, "
         f"{meta['threads']} threads"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_time_memory_figure(
+        fig, (time_axis, memory_axis), time_label="median time (ms)", title=title, path=path
+    )
     return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}, 3 runs")
-    parser.add_argument("--seq-lens", type=_int_list, help="comma-separated lengths")
-    parser.add_argument(
-        "--backends", type=_str_list, help="blocked,flex,dense,hf-bigbird,reference"
-    )
-    parser.add_argument("--modes", type=_str_list, default=defaults.modes, help="fwd,fwd+bwd")
+    parser.add_argument("--seq-lens", type=int_list, help="comma-separated lengths")
+    parser.add_argument("--backends", type=str_list, help="blocked,flex,dense,hf-bigbird,reference")
+    parser.add_argument("--modes", type=str_list, default=defaults.modes, help="fwd,fwd+bwd")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"]
@@ -348,19 +315,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
     parser.add_argument("--out", default="runs/bench-attention", help="output directory")
     parser.set_defaults(run=run)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(x for x in text.split(",") if x)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

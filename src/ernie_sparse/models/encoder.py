@@ -197,10 +197,13 @@ class Encoder(nn.Module):
         device = input_ids.device
         rep_mask = representative_mask(plan, attention_mask) if plan.hst else None
         key_mask = internal_key_mask(plan, attention_mask, rep_mask)
+        # No masked key at all (no padding, whole blocks): let attention skip the mask,
+        # which on CPU also lets dense rows use SDPA's memory-efficient kernel.
+        sparse_key_mask = None if bool(key_mask.all()) else key_mask
         hidden = self.embeddings(input_ids, token_type_ids, plan)
         layouts = self.layouts.for_layers(plan, training=self.training)
         for layer, layout in zip(self.layers, layouts, strict=True):
-            hidden = self._sparse_layer(layer, hidden, layout, key_mask)
+            hidden = self._sparse_layer(layer, hidden, layout, sparse_key_mask)
             if layer.has_hierarchical:
                 hidden = hierarchical_attention(
                     hidden,
@@ -225,7 +228,7 @@ class Encoder(nn.Module):
         layer: EncoderLayer,
         hidden: torch.Tensor,
         layout: torch.Tensor,
-        key_mask: torch.Tensor,
+        key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return sparse_attention(

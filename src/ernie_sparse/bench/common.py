@@ -1,0 +1,101 @@
+"""Helpers shared by the benchmarks: timing, device names, argument parsing."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(
+    run: Callable[[], None],
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup: int,
+    max_seconds: float,
+) -> float:
+    """Median wall time in ms of ``run`` after ``warmup`` untimed runs; at least 3 timed
+    runs, fewer than ``repeats`` once ``max_seconds`` have passed."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeats:
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+        if len(times) >= 3 and time.perf_counter() - started > max_seconds:
+            break
+    return statistics.median(times)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def time_memory_figure():
+    """(figure, (time axis, memory axis)) for a benchmark plot, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt.subplots(1, 2, figsize=(12, 4.5))
+
+
+def save_time_memory_figure(fig, axes, *, time_label: str, title: str, path) -> None:
+    """Log-log axes against sequence length, legends, title; writes ``path``."""
+    import matplotlib.pyplot as plt
+
+    for axis, ylabel in zip(axes, (time_label, "peak memory (MiB)"), strict=True):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_lines():
+            axis.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,294 @@
+"""``ernie-sparse bench model``: training-step time and peak memory of whole models vs length.
+
+The dense Transformer, BigBird and ERNIE-Sparse (BigBird pattern + HST) as
+sequence classifiers at LRA-Text size (ERNIE-Sparse Table 11: hidden 256,
+4 layers, 4 heads, MLP 1024), one forward + backward of the classification
+loss per step, like the paper's Figure 4. SAOR is left out of ``ernie-sparse``:
+it is a second pass of the same model (twice the step) and only at training
+time; ``ernie-sparse+saor`` measures it when asked for. ``HST overhead`` in
+the table is ernie-sparse time / bigbird time - 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..models import ModelConfig, SequenceClassifier, preset
+from ..objectives import saor_forward
+from .common import (
+    device_name,
+    int_list,
+    is_out_of_memory,
+    save_time_memory_figure,
+    str_list,
+    synchronize,
+    time_memory_figure,
+)
+from .memory import peak_memory_mb
+
+FULL_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
+QUICK_SEQ_LENS = (1024, 2048, 4096)
+MODELS = ("dense", "bigbird", "ernie-sparse", "ernie-sparse+saor")
+DEFAULT_MODELS = ("dense", "bigbird", "ernie-sparse")
+PRESET_OF = {
+    "dense": "dense",
+    "bigbird": "bigbird",
+    "ernie-sparse": "ernie-sparse-no-saor",
+    "ernie-sparse+saor": "ernie-sparse",
+}
+
+
+@dataclass
+class ModelBenchConfig:
+    seq_lens: tuple[int, ...] = FULL_SEQ_LENS  # input lengths n
+    models: tuple[str, ...] = DEFAULT_MODELS  # see MODELS
+    batch: int = 1  # sequences per step
+    hidden_size: int = 256  # LRA Text (Table 11)
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_size: int = 1024
+    block_size: int = 64  # attention block; 2 global blocks, 3-block window, 3 random
+    vocab_size: int = 257  # byte-level, as LRA Text
+    dense_max_len: int = 8192  # dense (quadratic) only up to here; longer rows say "skipped"
+    repeats: int = 5  # timed rounds (one step of each model per round)
+    warmup: int = 1  # untimed rounds first
+    max_seconds: float = 20.0  # per model: stop after this long (at least 3 rounds)
+    memory: bool = True  # one more step under the peak-memory tracker
+    device: str = "cpu"
+    seed: int = 0
+
+
+def model_config(name: str, config: ModelBenchConfig) -> ModelConfig:
+    if name not in PRESET_OF:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return preset(
+        PRESET_OF[name],
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        mlp_size=config.mlp_size,
+        block_size=config.block_size,
+        max_positions=max(config.seq_lens),
+        dropout=0.0,  # timing without dropout's random masks
+        attention_dropout=0.0,
+    )
+
+
+def _training_step(model: SequenceClassifier, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """The loss each preset trains with (one pass unless its SAOR alpha > 0), then backward."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        saor_forward(model, batch).loss.backward()
+
+    return step
+
+
+def _prepare(name: str, seq_len: int, config: ModelBenchConfig) -> Callable[[], None]:
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = SequenceClassifier(model_config(name, config), num_labels=2).to(device).train()
+    generator = torch.Generator().manual_seed(config.seed)
+    ids = torch.randint(1, config.vocab_size, (config.batch, seq_len), generator=generator)
+    labels = torch.zeros(config.batch, dtype=torch.long)
+    return _training_step(model, {"input_ids": ids.to(device), "labels": labels.to(device)})
+
+
+def bench_length(seq_len: int, config: ModelBenchConfig) -> list[dict]:
+    """One row per model at one length. The models' steps are timed in turns (one step
+    of each per round), so drift of a shared machine hits them alike."""
+    device = torch.device(config.device)
+    rows = {
+        name: {"model": name, "seq_len": seq_len, "median_ms": None, "peak_mem_mb": None}
+        for name in config.models
+    }
+    steps = {}
+    for name in config.models:
+        if name == "dense" and seq_len > config.dense_max_len:
+            rows[name]["status"] = "skipped"
+            continue
+        steps[name] = _prepare(name, seq_len, config)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    started = time.perf_counter()
+    for round_index in range(config.warmup + config.repeats):
+        for name in list(steps):
+            try:
+                elapsed = _time_ms(steps[name], device)
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                rows[name]["status"] = "oom"
+                del steps[name]
+                continue
+            if round_index >= config.warmup:
+                times[name].append(elapsed)
+        timed = round_index + 1 - config.warmup
+        if timed >= 3 and time.perf_counter() - started > config.max_seconds * len(steps):
+            break
+    for name, step in steps.items():
+        rows[name]["median_ms"] = round(statistics.median(times[name]), 1)
+        rows[name]["status"] = "ok"
+        if config.memory:
+            rows[name]["peak_mem_mb"] = round(peak_memory_mb(step, device), 1)
+    return list(rows.values())
+
+
+def _time_ms(step: Callable[[], None], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def run_bench(config: ModelBenchConfig, *, log: Callable[[str], None] = print) -> dict:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here")
+    for name in config.models:
+        model_config(name, config)  # refuse unknown models before any work
+    meta = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": asdict(config),
+    }
+    log(f"device {meta['device']} ({device.type}), {meta['threads']} threads")
+    rows = []
+    for seq_len in config.seq_lens:
+        for row in bench_length(seq_len, config):
+            rows.append(row)
+            log(_format_row(row))
+    return {"meta": meta, "rows": rows}
+
+
+def _format_row(row: dict) -> str:
+    head = f"  n={row['seq_len']:>6} {row['model']:>17}:"
+    if row["status"] != "ok":
+        return f"{head} {row['status']}"
+    memory = "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.1f} MiB"
+    return f"{head} {row['median_ms']:>10.1f} ms {memory:>14}"
+
+
+def summary_table(result: dict) -> str:
+    """Markdown: time (peak MiB) per model and length, HST overhead, memory growth."""
+    rows = result["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by_key = {(r["seq_len"], r["model"]): r for r in rows}
+    lengths = list(dict.fromkeys(r["seq_len"] for r in rows))
+    header = ["n", *(f"{m} ms (MiB)" for m in models)]
+    has_hst = {"bigbird", "ernie-sparse"} <= set(models)
+    if has_hst:
+        header.append("HST overhead")
+    header += [f"{m} memory vs n/2" for m in models if m != "dense"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, seq_len in enumerate(lengths):
+        cells = [str(seq_len)] + [_cell(by_key.get((seq_len, m))) for m in models]
+        if has_hst:
+            cells.append(_ratio(by_key, seq_len, "ernie-sparse", "bigbird", minus_one=True))
+        previous = lengths[index - 1] if index else None
+        for model in (m for m in models if m != "dense"):
+            cells.append(_growth(by_key, model, seq_len, previous))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if row["status"] != "ok":
+        return row["status"]
+    memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
+    return f"{row['median_ms']:.0f}{memory}"
+
+
+def _ratio(by_key: dict, seq_len: int, top: str, bottom: str, *, minus_one: bool) -> str:
+    a, b = by_key.get((seq_len, top)), by_key.get((seq_len, bottom))
+    if not (a and b and a["median_ms"] and b["median_ms"]):
+        return "-"
+    ratio = a["median_ms"] / b["median_ms"]
+    return f"{(ratio - 1) * 100:+.1f}%" if minus_one else f"{ratio:.2f}x"
+
+
+def _growth(by_key: dict, model: str, seq_len: int, previous: int | None) -> str:
+    """Peak memory ratio to the previous length (2.00x for linear growth when n doubles)."""
+    if previous is None:
+        return "-"
+    now, before = by_key.get((seq_len, model)), by_key.get((previous, model))
+    if not (now and before and now["peak_mem_mb"] and before["peak_mem_mb"]):
+        return "-"
+    return f"{now['peak_mem_mb'] / before['peak_mem_mb']:.2f}x (n {seq_len / previous:.0f}x)"
+
+
+def plot_bench(result: dict, path: Path) -> Path | None:
+    """Time and memory vs length, log-log, one line per model."""
+    figure = time_memory_figure()
+    if figure is None:
+        return None
+    fig, axes = figure
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    for index, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        points = [r for r in rows if r["model"] == model]
+        lengths = [r["seq_len"] for r in points]
+        style = {"color": f"C{index}", "marker": "o", "label": model}
+        axes[0].plot(lengths, [r["median_ms"] for r in points], **style)
+        if all(r["peak_mem_mb"] for r in points):
+            axes[1].plot(lengths, [r["peak_mem_mb"] for r in points], **style)
+    meta = result["meta"]
+    title = f"models at LRA-Text size, {meta['device']}, {meta['threads']} threads"
+    save_time_memory_figure(fig, axes, time_label="forward + backward (ms)", title=title, path=path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ModelBenchConfig()
+    parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}")
+    parser.add_argument("--seq-lens", type=int_list, help="comma-separated input lengths")
+    parser.add_argument("--models", type=str_list, help=f"from {', '.join(MODELS)}")
+    for name in ("batch", "hidden_size", "num_layers", "num_heads", "mlp_size", "block_size"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name))
+    parser.add_argument("--dense-max-len", type=int, default=defaults.dense_max_len)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="runs/bench-model", help="output directory")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = ModelBenchConfig(
+        seq_lens=args.seq_lens or (QUICK_SEQ_LENS if args.quick else FULL_SEQ_LENS),
+        models=tuple(args.models or DEFAULT_MODELS),
+        batch=args.batch,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        mlp_size=args.mlp_size,
+        block_size=args.block_size,
+        dense_max_len=args.dense_max_len,
+        repeats=args.repeats,
+        memory=not args.no_memory,
+        device=args.device,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_bench(config)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    table = summary_table(result)
+    (out / "table.md").write_text(table + "\n")
+    plot = plot_bench(result, out / "model.png")
+    print()
+    print(table)
+    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}" + (f", {plot}" if plot else ""))
+    return 0
