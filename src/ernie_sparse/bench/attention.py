@@ -11,7 +11,6 @@ dense) and are set against the dense matmul GFLOP/s measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from .common import (
     save_time_memory_figure,
     str_list,
     time_memory_figure,
+    write_results,
 )
 from .hf_bigbird import hf_bigbird_attention, hf_bigbird_available
 from .memory import peak_memory_mb
@@ -348,14 +348,8 @@ def run(args: argparse.Namespace) -> int:
                 f"benchmark length {length} is not a multiple of block size {config.block_size} "
                 "(HF BigBird needs whole blocks)"
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = run_bench(config)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    table = summary_table(result)
-    (out / "table.md").write_text(table + "\n")
-    plot = plot_bench(result, out / "attention.png")
-    print()
-    print(table)
-    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}" + (f", {plot}" if plot else ""))
+    write_results(
+        Path(args.out), result, table=summary_table(result), plot=plot_bench, name="attention.png"
+    )
     return 0

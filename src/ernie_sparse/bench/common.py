@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -99,3 +101,17 @@ def save_time_memory_figure(fig, axes, *, time_label: str, title: str, path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_results(
+    out: Path, result: dict, *, table: str, plot: Callable[[dict, Path], Path | None], name: str
+) -> None:
+    """results.json, table.md and ``name`` (the plot) in ``out``; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    picture = plot(result, out / name)
+    print()
+    print(table)
+    written = [out / "results.json", out / "table.md", *([picture] if picture else [])]
+    print("\nwrote " + ", ".join(map(str, written)))

@@ -12,7 +12,6 @@ the table is ernie-sparse time / bigbird time - 1.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from .common import (
     str_list,
     synchronize,
     time_memory_figure,
+    write_results,
 )
 from .memory import peak_memory_mb
 
@@ -281,14 +281,8 @@ def run(args: argparse.Namespace) -> int:
         memory=not args.no_memory,
         device=args.device,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = run_bench(config)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    table = summary_table(result)
-    (out / "table.md").write_text(table + "\n")
-    plot = plot_bench(result, out / "model.png")
-    print()
-    print(table)
-    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}" + (f", {plot}" if plot else ""))
+    write_results(
+        Path(args.out), result, table=summary_table(result), plot=plot_bench, name="model.png"
+    )
     return 0
