@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean offline-data
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n 2
+
+## Real data that Debian packages ship (needs root): Fashion-MNIST and the Python docs.
+## Tests that read them skip when they are absent.
+offline-data:
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist python3.11-doc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

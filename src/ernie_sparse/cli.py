@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.model import add_arguments as add_model_bench
 
     add_model_bench(bench_kinds.add_parser("model", help="whole models' training step vs length"))
+    _add_data_commands(commands)
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 
@@ -31,11 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="generate, read and describe task data")
+    kinds = data.add_subparsers(dest="data_kind", required=True, metavar="KIND")
+    from .data import info, listops, pathfinder
+
+    listops.add_arguments(kinds.add_parser("listops", help="generate LRA ListOps TSV files"))
+    pathfinder.add_arguments(kinds.add_parser("pathfinder", help="generate LRA Pathfinder images"))
+    info.add_arguments(kinds.add_parser("info", help="counts, lengths and labels of a dataset"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"ernie-sparse: error: {error}", file=sys.stderr)
         return 2
 
