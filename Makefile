@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-## The main job: the quick attention benchmark (table, JSON and plot in runs/bench-quick).
+## The main job: ERNIE-Sparse vs BigBird on a small ListOps set (runs/demo/report.md).
 demo: $(STAMP)
-	$(VENV)/bin/ernie-sparse bench attention --quick --out runs/bench-quick
+	$(VENV)/bin/ernie-sparse demo --out runs/demo
 
 ## Lint, format check and the test suite.
 test: $(STAMP)

@@ -438,3 +438,16 @@ def test_resampled_patterns_differ_per_step_and_freeze_in_eval(generator) -> Non
     again = Encoder(config).layouts.for_layers(plan, training=False)
     assert all(torch.equal(a, b) for a, b in zip(frozen, again, strict=True))
     assert not torch.equal(frozen[0], frozen[1])  # each layer draws its own random blocks
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(generator) -> None:
+    ids, mask = random_batch(generator)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = SequenceClassifier(preset("ernie-sparse", **_small(), num_global=4), num_labels=2)
+        model.encoder.gradient_checkpointing = checkpointing
+        model(ids, mask, labels=torch.tensor([0, 1, 1])).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, recomputed)

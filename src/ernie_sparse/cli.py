@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_bench(bench_kinds.add_parser("model", help="whole models' training step vs length"))
     _add_data_commands(commands)
+    from .training.cli import add_evaluate_arguments, add_train_arguments
+
+    add_train_arguments(commands.add_parser("train", help="train a model from a preset"))
+    add_evaluate_arguments(commands.add_parser("evaluate", help="evaluate a trained run"))
+    from .training import demo, plot
+
+    plot.add_arguments(commands.add_parser("plot", help="loss and accuracy curves of runs"))
+    demo.add_arguments(commands.add_parser("demo", help="ERNIE-Sparse vs BigBird on ListOps"))
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plotting import save_figure
 from .base import TaskInfo, TokenDataset
 from .errors import BadRecords
 
@@ -735,12 +736,7 @@ def montage(
         axis.set_title(f"label {int(label)}", fontsize=9)
     for axis in axes.flat:
         axis.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- command line

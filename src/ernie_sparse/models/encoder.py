@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..attention import sparse_attention
@@ -161,6 +162,8 @@ class Encoder(nn.Module):
             else nn.Identity()
         )
         self.layouts = PatternLayouts(config)
+        # Recompute each sparse layer in backward instead of keeping its activations.
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -203,7 +206,12 @@ class Encoder(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids, plan)
         layouts = self.layouts.for_layers(plan, training=self.training)
         for layer, layout in zip(self.layers, layouts, strict=True):
-            hidden = self._sparse_layer(layer, hidden, layout, sparse_key_mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = torch.utils.checkpoint.checkpoint(
+                    self._sparse_layer, layer, hidden, layout, sparse_key_mask, use_reentrant=False
+                )
+            else:
+                hidden = self._sparse_layer(layer, hidden, layout, sparse_key_mask)
             if layer.has_hierarchical:
                 hidden = hierarchical_attention(
                     hidden,

@@ -154,7 +154,8 @@ def saor_forward(
     logits of a rolled pass are rolled back so both passes score the same tokens.
     ``as_one_batch`` runs both passes as one batch of 2B (faster; twice the memory).
     """
-    config = config if config is not None else model.config.saor
+    spec = getattr(model, "module", model)  # a DistributedDataParallel wrapper's model
+    config = config if config is not None else spec.config.saor
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     if config.alpha == 0:
@@ -163,8 +164,8 @@ def saor_forward(
         return SAOROutput(nll, nll, kl, logits, None)
     rolled = config.mode == "roll"
     shift = config.roll_tokens
-    num_global = model.config.num_global
-    second = _roll_inputs(model, inputs, shift=shift, num_global=num_global) if rolled else inputs
+    num_global = spec.config.num_global
+    second = _roll_inputs(spec, inputs, shift=shift, num_global=num_global) if rolled else inputs
     if as_one_batch:
         joined = {
             key: None if value is None else torch.cat([value, second[key]])
@@ -173,8 +174,8 @@ def saor_forward(
         logits, second_logits = model(**joined).logits.chunk(2)
     else:
         logits, second_logits = model(**inputs).logits, model(**second).logits
-    if rolled and model.LOGITS_SEQUENCE_DIM is not None:
-        second_logits = _roll_logits_back(model, second_logits, inputs, shift, num_global)
+    if rolled and spec.LOGITS_SEQUENCE_DIM is not None:
+        second_logits = _roll_logits_back(spec, second_logits, inputs, shift, num_global)
     nll, kl = saor_terms(logits, second_logits, labels)
     return SAOROutput(nll + config.alpha * kl, nll, kl, logits, second_logits)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..plotting import save_figure
+
 
 def render_layout(
     layout: torch.Tensor, path: str | Path, *, title: str | None = None, max_heads: int = 16
@@ -37,9 +39,4 @@ def render_layout(
         axis.set_title(f"head {head}: {density:.1%}", fontsize=9)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -1,0 +1,144 @@
+"""Run configuration: the model (a preset + overrides) and the training settings.
+
+A YAML file holds ``model`` and ``train`` sections and at most one ``base``
+(another preset whose values it overrides). ``key=value`` overrides on the
+command line use dotted keys: ``train.lr=0.01``, ``model.hst.pooling=max``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..models import ModelConfig, preset
+from ..models.config import _build
+
+TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "documents")
+DECAYS = ("rsqrt", "cosine", "linear", "constant")
+CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+
+
+@dataclass
+class TrainConfig:
+    task: Literal["listops", "text", "retrieval", "image", "pathfinder", "documents"] = "listops"
+    data: str = ""  # the task's data folder or file
+    max_length: int = 2000  # tokens per document (longer ones are cut, counted)
+    batch_size: int = 32  # global batch (split across processes), per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size / grad_accum each)
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 5e-2  # peak learning rate
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on biases and norms)
+    warmup_steps: int = 1000  # linear warmup to lr
+    decay: Literal["rsqrt", "cosine", "linear", "constant"] = "rsqrt"  # after warmup
+    clip_norm: float = 1.0  # gradient norm clipping; 0 = off
+    eval_every: int = 200  # steps between evaluations on the validation split
+    eval_max_batches: int = 0  # 0 = the whole validation split
+    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    seed: int = 0  # parameters, data order, dropout
+    log_every: int = 10  # steps between metrics.jsonl lines
+    bf16: bool = False  # bf16 autocast (CUDA)
+    grad_checkpointing: bool = False  # recompute each layer in backward to save memory
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_preset: str = "ernie-sparse"  # the preset the model section started from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_preset": self.model_preset,
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        return cls(
+            model=ModelConfig.from_dict(values["model"]),
+            train=_build(TrainConfig, values.get("train", {}), prefix="train."),
+            model_preset=values.get("model_preset", "ernie-sparse"),
+        )
+
+
+def find_preset(name: str) -> Path:
+    """``lra/listops-tiny`` -> configs/lra/listops-tiny.yaml; a path to a YAML file as is."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for folder in CONFIG_DIRS:
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(
+        p.relative_to(folder).with_suffix("").as_posix()
+        for folder in CONFIG_DIRS
+        if folder.is_dir()
+        for p in folder.rglob("*.yaml")
+    )
+    raise ValueError(f"unknown preset {name!r}; known: {', '.join(dict.fromkeys(known))}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a preset must be a mapping with model/train sections")
+    unknown = sorted(set(values) - {"base", "model", "train"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {', '.join(unknown)}")
+    return values
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The preset's model/train values with its base (one level) merged under them."""
+    path = find_preset(name)
+    values = _read_yaml(path)
+    if "base" in values:
+        base = _read_yaml(find_preset(values.pop("base")))
+        if "base" in base:
+            raise ValueError(f"{path}: its base has a base too; presets allow one level")
+        values = _merge(base, values)
+    return values
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "model.hst.pooling=max"]`` -> nested dict; values are YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+        *parents, leaf = key.split(".")
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(text)
+    return nested
+
+
+def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConfig:
+    """Preset values (+ overrides) -> RunConfig; the model section is ``preset`` + fields."""
+    model_values = dict(values.get("model", {}))
+    name = model_values.pop("preset", "ernie-sparse")
+    if vocab_size is not None:
+        model_values.setdefault("vocab_size", vocab_size)
+    for group in ("hst", "saor"):
+        if group in model_values and not isinstance(model_values[group], dict):
+            raise ValueError(f"model.{group} must be a mapping")
+    model = preset(name, **model_values)
+    train = _build(TrainConfig, values.get("train", {}), prefix="train.")
+    return RunConfig(model=model, train=train, model_preset=name)

@@ -1,0 +1,265 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, SAOR, evaluation,
+best checkpoint, early stopping, atomic checkpoints and exact resume.
+
+A run directory holds: ``config.yaml`` (resolved), ``metrics.jsonl``,
+``checkpoint.pt`` (model, optimizer, scheduler, RNG states, data position),
+``best.safetensors`` and ``model.safetensors`` (final weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from ..data.base import TokenDataset
+from ..data.collate import pad_collate
+from ..objectives import saor_forward
+from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
+from .config import RunConfig
+from .distributed import all_mean, barrier, init_world
+from .evaluation import evaluate
+from .progress import Progress
+from .schedule import make_scheduler
+from .tasks import build_model, load_split
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the training split started
+    position: int = 0  # global batches taken in this epoch
+    best_accuracy: float = -1.0
+    evals_without_gain: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)  # evaluation records
+
+
+def batch_indices(state: LoopState, size: int, batch: int, seed: int) -> list[int]:
+    """The next global batch of a per-epoch permutation (seeded), advancing the position."""
+    if (state.position + 1) * batch > size:
+        state.epoch, state.position = state.epoch + 1, 0
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + state.epoch)
+    order = torch.randperm(size, generator=generator)
+    start = state.position * batch
+    state.position += 1
+    return order[start : start + batch].tolist()
+
+
+def optimizer_for(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW; vectors (biases, norms, the representative embedding) are not decayed."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.train.lr)
+
+
+class Run:
+    """One training run in ``out``; ``resume`` continues from its checkpoint."""
+
+    def __init__(self, config: RunConfig, out: Path, *, resume: bool, quiet: bool = False):
+        self.config, self.out, self.quiet = config, Path(out), quiet
+        self.world = init_world()
+        train = config.train
+        torch.manual_seed(train.seed)
+        self.train_set = load_split(train, "train")
+        self.val_set = load_split(train, "val")
+        self._check_data(self.train_set)
+        self.module = build_model(train.task, config.model, self.train_set.info.num_labels)
+        self.module.encoder.gradient_checkpointing = train.grad_checkpointing
+        self.module.to(self.world.device)
+        self.model = self._wrap(self.module)
+        self.optimizer = optimizer_for(self.module, config)
+        self.scheduler = make_scheduler(
+            self.optimizer, warmup=train.warmup_steps, total=train.max_steps, decay=train.decay
+        )
+        self.state = LoopState()
+        self._start(resume)
+
+    def _check_data(self, dataset: TokenDataset) -> None:
+        model, info = self.config.model, dataset.info
+        if model.vocab_size < info.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={model.vocab_size} is smaller than the {info.task} "
+                f"vocabulary ({info.vocab_size})"
+            )
+        if model.max_positions < info.max_length:
+            raise ValueError(
+                f"model.max_positions={model.max_positions} < train.max_length={info.max_length}"
+            )
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.world.size == 1:
+            return module
+        device_ids = [self.world.device.index] if self.world.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    # --- run directory ---
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _start(self, resume: bool) -> None:
+        if resume and self.checkpoint_path.is_file():
+            self._restore(load_checkpoint(self.checkpoint_path))
+        elif self.checkpoint_path.is_file() or (self.out / "metrics.jsonl").is_file():
+            raise ValueError(f"{self.out} already holds a run; pass --resume or another --out")
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+            (self.out / "config.yaml").write_text(text)
+            self._trim_metrics()
+        barrier(self.world)
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics written after the checkpoint (they will be written again)."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= self.state.step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = LoopState(**checkpoint["loop"])
+        set_rng_states(checkpoint["rng"])
+        self._pattern_generator().set_state(checkpoint["pattern_generator"])
+
+    def _pattern_generator(self) -> torch.Generator:
+        return self.module.encoder.layouts.generator
+
+    def _save_checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
+        checkpoint = {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": vars(self.state),
+            "rng": rng_states(),
+            "pattern_generator": self._pattern_generator().get_state(),
+        }
+        atomic_save(checkpoint, self.checkpoint_path)
+
+    def _save_weights(self, name: str) -> None:
+        if self.world.is_main:
+            weights = {
+                k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()
+            }
+            temporary = self.out / f"{name}.tmp"
+            save_file(weights, str(temporary))
+            temporary.replace(self.out / name)
+
+    def _log(self, record: dict) -> None:
+        if self.world.is_main:
+            with (self.out / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # --- training ---
+
+    def train(self) -> dict:
+        train = self.config.train
+        progress = Progress(
+            train.max_steps, self.state.step, quiet=self.quiet or not self.world.is_main
+        )
+        tokens, started = 0, time.perf_counter()
+        while self.state.step < train.max_steps and not self.state.stopped_early:
+            record, batch_tokens = self._optimizer_step()
+            tokens += batch_tokens
+            if self.state.step % train.log_every == 0 or self.state.step == train.max_steps:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                record["tokens_per_s"] = round(tokens * self.world.size / elapsed, 1)
+                self._log(record)
+                tokens, started = 0, time.perf_counter()
+            progress.update(self.state.step, loss=record["loss"])
+            if self.state.step % train.eval_every == 0 or self.state.step == train.max_steps:
+                accuracy = self._evaluate_and_keep_best()
+                progress.update(self.state.step, accuracy=accuracy)
+                self._save_checkpoint()
+        progress.close()
+        self._save_weights("model.safetensors")
+        return self.state.history[-1] if self.state.history else {}
+
+    def _optimizer_step(self) -> tuple[dict, int]:
+        train = self.config.train
+        indices = batch_indices(self.state, len(self.train_set), train.batch_size, train.seed)
+        micro_batches = [indices[i :: train.grad_accum] for i in range(train.grad_accum)]
+        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        tokens = 0
+        self.model.train()
+        for number, micro in enumerate(micro_batches):
+            mine = micro[self.world.rank :: self.world.size]
+            batch = pad_collate([self.train_set[i] for i in mine])
+            tokens += int(batch["attention_mask"].sum())
+            batch = {k: v.to(self.world.device) for k, v in batch.items()}
+            last = number == len(micro_batches) - 1
+            with self._sync(last), self._autocast():
+                out = saor_forward(self.model, batch)
+            # Mean over the global batch: DDP averages over processes, so scale by their count.
+            weight = len(mine) * self.world.size / len(indices)
+            (out.loss * weight).backward()
+            for key, value in (("loss", out.loss), ("nll", out.nll), ("kl", out.kl)):
+                totals[key] += float(value.detach()) * len(mine) / len(indices)
+        if train.clip_norm:
+            nn.utils.clip_grad_norm_(self.module.parameters(), train.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        record = {"step": self.state.step, "epoch": self.state.epoch}
+        record.update(
+            {k: round(all_mean(v, self.world) * self.world.size, 6) for k, v in totals.items()}
+        )
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        return record, tokens
+
+    def _sync(self, last: bool):
+        if self.world.size > 1 and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _autocast(self):
+        if self.config.train.bf16:
+            return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _evaluate_and_keep_best(self) -> float:
+        train = self.config.train
+        metrics = evaluate(
+            self.module,
+            self.val_set,
+            batch_size=train.batch_size,
+            world=self.world,
+            max_batches=train.eval_max_batches,
+        )
+        record = {"step": self.state.step, **{f"val_{k}": v for k, v in metrics.items()}}
+        self._log(record)
+        self.state.history.append(record)
+        if metrics["accuracy"] > self.state.best_accuracy:
+            self.state.best_accuracy = metrics["accuracy"]
+            self.state.evals_without_gain = 0
+            self._save_weights("best.safetensors")
+        else:
+            self.state.evals_without_gain += 1
+            if train.patience and self.state.evals_without_gain >= train.patience:
+                self.state.stopped_early = True
+        return metrics["accuracy"]

@@ -1,0 +1,57 @@
+"""``ernie-sparse plot RUN_DIR ...``: training loss and validation accuracy curves to PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..plotting import save_figure
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training records, evaluation records) of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a run directory (no metrics.jsonl)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_accuracy" in r]
+    return train, evals
+
+
+def plot_runs(run_dirs: list[Path], path: Path, *, labels: list[str] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(d).name for d in run_dirs]
+    fig, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
+        train, evals = read_metrics(run_dir)
+        color = f"C{index}"
+        loss_axis.plot(
+            [r["step"] for r in train], [r["nll"] for r in train], color=color, label=label
+        )
+        steps = [r["step"] for r in evals]
+        accuracy_axis.plot(
+            steps, [r["val_accuracy"] for r in evals], "o-", color=color, label=label
+        )
+    loss_axis.set(xlabel="step", ylabel="training NLL (both SAOR passes)", title="loss")
+    accuracy_axis.set(xlabel="step", ylabel="validation accuracy", title="accuracy")
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    return save_figure(fig, path, dpi=110)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"wrote {plot_runs(args.run_dirs, args.out)}")
+    return 0

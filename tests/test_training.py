@@ -1,0 +1,181 @@
+"""Training: schedules, presets, the loop's exact resume after SIGKILL, DDP, evaluate, plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ernie_sparse.cli import main
+from ernie_sparse.data.listops import generate_listops
+from ernie_sparse.training.config import parse_overrides, preset_values, resolve
+from ernie_sparse.training.schedule import lr_factor
+
+# --- schedules and presets ---
+
+
+def test_lra_rsqrt_schedule_and_decays() -> None:
+    assert lr_factor(0, warmup=100, total=1000, decay="rsqrt") == pytest.approx(1 / 100 / 10)
+    assert lr_factor(99, warmup=100, total=1000, decay="rsqrt") == pytest.approx(1 / 10)
+    assert lr_factor(399, warmup=100, total=1000, decay="rsqrt") == pytest.approx(1 / 20)
+    assert lr_factor(49, warmup=100, total=1000, decay="cosine") == pytest.approx(0.5)
+    assert lr_factor(999, warmup=100, total=1000, decay="cosine") == pytest.approx(0.0)
+    assert lr_factor(549, warmup=100, total=1000, decay="linear") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="decay must be"):
+        lr_factor(0, warmup=1, total=2, decay="step")
+
+
+def test_presets_resolve_with_one_base_and_overrides() -> None:
+    values = preset_values("lra/listops-tiny")
+    assert values["train"]["task"] == "listops"  # from the base (listops-paper)
+    assert values["model"]["hidden_size"] == 64  # the tiny preset's own
+    overrides = parse_overrides(["model.hst.pooling=max", "train.lr=0.5", "model.preset=bigbird"])
+    config = resolve({**values, "model": {**values["model"], **overrides["model"]}})
+    assert config.model.hst.pooling == "max" and not config.model.hst.enabled
+    assert config.model_preset == "bigbird"
+    paper = resolve(preset_values("lra/listops-paper"))
+    assert (paper.model.hidden_size, paper.train.lr, paper.train.decay) == (512, 0.05, "rsqrt")
+    assert paper.model.hst.enabled and paper.model.saor.alpha == 5.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_values("lra/nope")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["train.lr"])
+
+
+# --- the loop, run as the command line does ---
+
+TINY = {
+    "model": {
+        "preset": "ernie-sparse",
+        "vocab_size": 16,
+        "hidden_size": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "mlp_size": 32,
+        "max_positions": 64,
+        "block_size": 8,
+        "num_global": 8,
+        "dropout": 0.1,
+        "saor": {"alpha": 1.0, "roll_tokens": 3},
+    },
+    "train": {
+        "task": "listops",
+        "max_length": 64,
+        "batch_size": 8,
+        "lr": 0.01,
+        "warmup_steps": 5,
+        "decay": "cosine",
+        "max_steps": 30,
+        "eval_every": 10,
+        "log_every": 5,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def listops_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("listops")
+    generate_listops(root, num_train=200, num_val=40, num_test=40, seed=1, min_len=10, max_len=60)
+    return root
+
+
+def write_config(path: Path, data: Path, **train) -> Path:
+    values = json.loads(json.dumps(TINY))
+    values["train"].update(data=str(data), **train)
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def train_command(config: Path, out: Path, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "ernie_sparse", "train", "--config", str(config)]
+    return [*command, "--out", str(out), "--quiet", *extra]
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lines]
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, listops_dir) -> None:
+    config = write_config(tmp_path / "run.yaml", listops_dir)
+    whole = tmp_path / "whole"
+    subprocess.run(train_command(config, whole), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(train_command(config, killed), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill after the step-10 checkpoint, mid-way to step 20
+        if (killed / "checkpoint.pt").is_file() and any(r["step"] >= 15 for r in records(killed)):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before the kill"
+    resume = train_command(config, killed, "--resume")
+    subprocess.run(resume, check=True, capture_output=True)
+    assert records(killed) == records(whole)
+    assert records(whole)[-1]["step"] == 30 and "val_accuracy" in records(whole)[-1]
+
+
+def test_train_refuses_to_overwrite_and_evaluate_prints_json(tmp_path, listops_dir, capsys) -> None:
+    config = write_config(tmp_path / "run.yaml", listops_dir, max_steps=10, eval_every=5)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "best.safetensors"):
+        assert (out / name).is_file(), name
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["evaluate", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["examples"] == 40 and 0.0 <= result["accuracy"] <= 1.0
+    assert main(["evaluate", str(out), "--attack", "roll=3"]) == 0
+    attacked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert attacked["attack"] == "roll=3" and (out / "eval-test-roll3.json").is_file()
+    assert main(["evaluate", str(out), "--attack", "shuffle"]) == 2
+    assert main(["plot", str(out), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="no torchrun",
+)
+def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
+    config = write_config(tmp_path / "run.yaml", listops_dir, max_steps=10, eval_every=5)
+    values = yaml.safe_load(config.read_text())
+    values["model"].update(dropout=0.0, attention_dropout=0.0)  # same randomness in both
+    config.write_text(yaml.safe_dump(values))
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run(train_command(config, single), check=True, capture_output=True)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000)]
+    command += train_command(config, double)[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    one, two = records(single), records(double)
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "val_accuracy"):
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-3, abs_tol=1e-4), (key, a, b)
+    # the two-process checkpoint resumes in one process
+    resume = train_command(config, double, "--resume", "--max-steps", "12")
+    subprocess.run(resume, check=True, capture_output=True)
+    assert records(double)[-1]["step"] == 12
+
+
+def test_every_preset_resolves() -> None:
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.with_suffix("").relative_to(folder).as_posix() for p in folder.rglob("*.yaml"))
+    assert len(names) >= 10
+    for name in names:
+        config = resolve(preset_values(name))
+        assert config.model.max_positions >= config.train.max_length, name
