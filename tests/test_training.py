@@ -41,6 +41,7 @@ def test_presets_resolve_with_one_base_and_overrides() -> None:
     overrides = parse_overrides(["model.hst.pooling=max", "train.lr=0.5", "model.preset=bigbird"])
     config = resolve({**values, "model": {**values["model"], **overrides["model"]}})
     assert config.model.hst.pooling == "max" and not config.model.hst.enabled
+    assert config.model.saor.alpha == 0.0  # the bigbird preset's, not ERNIE-Sparse's
     assert config.model_preset == "bigbird"
     paper = resolve(preset_values("lra/listops-paper"))
     assert (paper.model.hidden_size, paper.train.lr, paper.train.decay) == (512, 0.05, "rsqrt")
@@ -179,3 +180,26 @@ def test_every_preset_resolves() -> None:
     for name in names:
         config = resolve(preset_values(name))
         assert config.model.max_positions >= config.train.max_length, name
+
+
+def test_early_stopping_and_gradient_accumulation(tmp_path, listops_dir) -> None:
+    frozen = write_config(
+        tmp_path / "frozen.yaml", listops_dir, lr=0.0, patience=1, eval_every=2, max_steps=20
+    )
+    out = tmp_path / "frozen"
+    assert main(["train", "--config", str(frozen), "--out", str(out), "--quiet"]) == 0
+    evals = [r for r in records(out) if "val_accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4]  # no gain at step 4: stop
+    whole = write_config(tmp_path / "whole.yaml", listops_dir, max_steps=4, eval_every=4)
+    split = write_config(
+        tmp_path / "split.yaml", listops_dir, max_steps=4, eval_every=4, grad_accum=2
+    )
+    losses = []
+    for config in (whole, split):
+        values = yaml.safe_load(config.read_text())
+        values["model"].update(dropout=0.0, attention_dropout=0.0)
+        config.write_text(yaml.safe_dump(values))
+        out = tmp_path / config.stem
+        assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+        losses.append([r["loss"] for r in records(out) if "loss" in r])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

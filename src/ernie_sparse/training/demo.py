@@ -23,8 +23,8 @@ from .plot import plot_runs
 from .tasks import load_split
 
 MODELS = {  # name -> model overrides of the tiny ListOps preset
-    "ernie-sparse": {"preset": "ernie-sparse"},
-    "bigbird": {"preset": "bigbird"},
+    "ernie-sparse": {"preset": "ernie-sparse", "hst": {"enabled": True}, "saor": {"alpha": 5.0}},
+    "bigbird": {"preset": "bigbird", "hst": {"enabled": False}, "saor": {"alpha": 0.0}},
 }
 
 

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..plotting import save_figure
+import yaml
+
+from ..plotting import pyplot, save_figure
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -20,25 +22,26 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def passes_per_step(run_dir: Path) -> int:
+    """2 when the run trained with SAOR (its logged NLL sums both passes), else 1."""
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    return 2 if config["model"]["saor"]["alpha"] > 0 else 1
+
+
 def plot_runs(run_dirs: list[Path], path: Path, *, labels: list[str] | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = labels or [Path(d).name for d in run_dirs]
     fig, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for index, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
         train, evals = read_metrics(run_dir)
         color = f"C{index}"
-        loss_axis.plot(
-            [r["step"] for r in train], [r["nll"] for r in train], color=color, label=label
-        )
+        nll = [r["nll"] / passes_per_step(run_dir) for r in train]
+        loss_axis.plot([r["step"] for r in train], nll, color=color, label=label)
         steps = [r["step"] for r in evals]
         accuracy_axis.plot(
             steps, [r["val_accuracy"] for r in evals], "o-", color=color, label=label
         )
-    loss_axis.set(xlabel="step", ylabel="training NLL (both SAOR passes)", title="loss")
+    loss_axis.set(xlabel="step", ylabel="training NLL per forward pass", title="loss")
     accuracy_axis.set(xlabel="step", ylabel="validation accuracy", title="accuracy")
     for axis in (loss_axis, accuracy_axis):
         axis.grid(True, alpha=0.3)
