@@ -203,3 +203,18 @@ def test_early_stopping_and_gradient_accumulation(tmp_path, listops_dir) -> None
         assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
         losses.append([r["loss"] for r in records(out) if "loss" in r])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_tensorboard_scalars(tmp_path, listops_dir) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "tb.yaml", listops_dir, max_steps=10, eval_every=5)
+    out = tmp_path / "tb"
+    args = ["train", "--config", str(config), "--out", str(out), "--quiet"]
+    assert main([*args, "train.tensorboard=true"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "nll", "kl", "lr", "val_accuracy"} <= tags
+    assert [e.step for e in events.Scalars("val_accuracy")] == [5, 10]

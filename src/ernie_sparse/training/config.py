@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     bf16: bool = False  # bf16 autocast (CUDA)
     grad_checkpointing: bool = False  # recompute each layer in backward to save memory
+    tensorboard: bool = False  # also write scalars to RUN_DIR/tensorboard (pip install tensorboard)
 
 
 @dataclass

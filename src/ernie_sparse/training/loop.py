@@ -87,6 +87,7 @@ class Run:
         )
         self.state = LoopState()
         self._start(resume)
+        self.tensorboard = self._open_tensorboard() if train.tensorboard else None
 
     def _check_data(self, dataset: TokenDataset) -> None:
         model, info = self.config.model, dataset.info
@@ -173,6 +174,20 @@ class Run:
         if self.world.is_main:
             with (self.out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, int | float):
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    def _open_tensorboard(self):
+        """A SummaryWriter on rank 0 (events after the resumed step are purged)."""
+        if not self.world.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ValueError("train.tensorboard needs: pip install tensorboard") from error
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.state.step or None)
 
     # --- training ---
 
@@ -196,6 +211,8 @@ class Run:
                 progress.update(self.state.step, accuracy=accuracy)
                 self._save_checkpoint()
         progress.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self._save_weights("model.safetensors")
         return self.state.history[-1] if self.state.history else {}
 
