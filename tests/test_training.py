@@ -218,3 +218,14 @@ def test_tensorboard_scalars(tmp_path, listops_dir) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"loss", "nll", "kl", "lr", "val_accuracy"} <= tags
     assert [e.step for e in events.Scalars("val_accuracy")] == [5, 10]
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, listops_dir) -> None:
+    config = write_config(
+        tmp_path / "bf16.yaml", listops_dir, max_steps=4, eval_every=4, bf16=True,
+        grad_checkpointing=True,
+    )  # fmt: skip
+    out = tmp_path / "bf16"
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    losses = [r["loss"] for r in records(out) if "loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
