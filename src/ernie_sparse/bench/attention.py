@@ -27,6 +27,7 @@ from .common import (
     median_ms,
     save_time_memory_figure,
     str_list,
+    time_memory_cell,
     time_memory_figure,
     write_results,
 )
@@ -246,7 +247,7 @@ def summary_table(result: dict) -> str:
             cells = [str(seq_len), mode]
             for backend in backends:
                 row = by_key.get((seq_len, mode, backend))
-                cells.append(_cell(row))
+                cells.append(time_memory_cell(row, decimals=1))
             blocked = by_key.get((seq_len, mode, "blocked"))
             for baseline in baselines if blocked else []:
                 other = by_key.get((seq_len, mode, baseline))
@@ -254,15 +255,6 @@ def summary_table(result: dict) -> str:
                 cells.append(f"{other['median_ms'] / blocked['median_ms']:.2f}x" if ok else "-")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _cell(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    if row["status"] != "ok":
-        return row["status"].upper()
-    memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
-    return f"{row['median_ms']:.1f}{memory}"
 
 
 def plot_bench(result: dict, path: Path) -> Path | None:

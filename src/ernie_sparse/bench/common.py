@@ -115,3 +115,13 @@ def write_results(
     print(table)
     written = [out / "results.json", out / "table.md", *([picture] if picture else [])]
     print("\nwrote " + ", ".join(map(str, written)))
+
+
+def time_memory_cell(row: dict | None, *, decimals: int) -> str:
+    """A table cell "ms (peak MiB)", the row's status when it did not run, "-" when absent."""
+    if row is None:
+        return "-"
+    if row["status"] != "ok":
+        return row["status"]
+    memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
+    return f"{row['median_ms']:.{decimals}f}{memory}"

@@ -29,6 +29,7 @@ from .common import (
     save_time_memory_figure,
     str_list,
     synchronize,
+    time_memory_cell,
     time_memory_figure,
     write_results,
 )
@@ -193,7 +194,9 @@ def summary_table(result: dict) -> str:
     header += [f"{m} memory vs n/2" for m in models if m != "dense"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, seq_len in enumerate(lengths):
-        cells = [str(seq_len)] + [_cell(by_key.get((seq_len, m))) for m in models]
+        cells = [str(seq_len)] + [
+            time_memory_cell(by_key.get((seq_len, m)), decimals=0) for m in models
+        ]
         if has_hst:
             cells.append(_ratio(by_key, seq_len, "ernie-sparse", "bigbird", minus_one=True))
         previous = lengths[index - 1] if index else None
@@ -201,15 +204,6 @@ def summary_table(result: dict) -> str:
             cells.append(_growth(by_key, model, seq_len, previous))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _cell(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    if row["status"] != "ok":
-        return row["status"]
-    memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
-    return f"{row['median_ms']:.0f}{memory}"
 
 
 def _ratio(by_key: dict, seq_len: int, top: str, bottom: str, *, minus_one: bool) -> str:

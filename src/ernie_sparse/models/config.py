@@ -139,7 +139,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        return _build(cls, values, prefix="")
+        return build_dataclass(cls, values, prefix="")
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted keys replaced: ``{"hst.pooling": "max", "num_layers": 2}``."""
@@ -157,7 +157,7 @@ class ModelConfig:
         return ModelConfig.from_dict(values)
 
 
-def _build(cls: type, values: dict[str, Any], *, prefix: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise TypeError(f"config {prefix.rstrip('.') or cls.__name__} must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -172,7 +172,7 @@ def _build(cls: type, values: dict[str, Any], *, prefix: str) -> Any:
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+            kwargs[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, value, hint)
     return cls(**kwargs)

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ..analysis import WordOrderShift
-from .config import RunConfig, _merge, parse_overrides, preset_values, resolve
+from .config import RunConfig, merge_values, parse_overrides, preset_values, resolve
 from .distributed import init_world
 from .evaluation import evaluate
 from .loop import Run
@@ -38,10 +38,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     values = preset_values(str(args.config or args.preset))
     overrides = parse_overrides(args.overrides)
     if args.data:
-        overrides = _merge(overrides, {"train": {"data": args.data}})
+        overrides = merge_values(overrides, {"train": {"data": args.data}})
     if args.max_steps is not None:
-        overrides = _merge(overrides, {"train": {"max_steps": args.max_steps}})
-    return resolve(_merge(values, overrides))
+        overrides = merge_values(overrides, {"train": {"max_steps": args.max_steps}})
+    return resolve(merge_values(values, overrides))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -15,11 +15,15 @@ from typing import Any, Literal
 import yaml
 
 from ..models import ModelConfig, preset
-from ..models.config import _build
+from ..models.config import build_dataclass
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "documents")
 DECAYS = ("rsqrt", "cosine", "linear", "constant")
-CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+
+
+def config_dirs() -> tuple[Path, ...]:
+    """Where presets are looked up: ./configs, then the repository's configs/."""
+    return (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
 
 
 @dataclass
@@ -62,7 +66,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         return cls(
             model=ModelConfig.from_dict(values["model"]),
-            train=_build(TrainConfig, values.get("train", {}), prefix="train."),
+            train=build_dataclass(TrainConfig, values.get("train", {}), prefix="train."),
             model_preset=values.get("model_preset", "ernie-sparse"),
         )
 
@@ -72,13 +76,13 @@ def find_preset(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    for folder in CONFIG_DIRS:
+    for folder in config_dirs():
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
     known = sorted(
         p.relative_to(folder).with_suffix("").as_posix()
-        for folder in CONFIG_DIRS
+        for folder in config_dirs()
         if folder.is_dir()
         for p in folder.rglob("*.yaml")
     )
@@ -103,15 +107,16 @@ def preset_values(name: str) -> dict[str, Any]:
         base = _read_yaml(find_preset(values.pop("base")))
         if "base" in base:
             raise ValueError(f"{path}: its base has a base too; presets allow one level")
-        values = _merge(base, values)
+        values = merge_values(base, values)
     return values
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge_values(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _merge(merged[key], value)
+            value = merge_values(merged[key], value)
         merged[key] = value
     return merged
 
@@ -141,5 +146,5 @@ def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConf
         if group in model_values and not isinstance(model_values[group], dict):
             raise ValueError(f"model.{group} must be a mapping")
     model = preset(name, **model_values)
-    train = _build(TrainConfig, values.get("train", {}), prefix="train.")
+    train = build_dataclass(TrainConfig, values.get("train", {}), prefix="train.")
     return RunConfig(model=model, train=train, model_preset=name)

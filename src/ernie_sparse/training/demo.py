@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..analysis import WordOrderShift
 from ..data.listops import generate_listops
-from .config import RunConfig, _merge, preset_values, resolve
+from .config import RunConfig, merge_values, preset_values, resolve
 from .distributed import init_world
 from .evaluation import evaluate
 from .loop import Run
@@ -39,7 +39,7 @@ def run_demo(out: Path, *, max_steps: int, num_train: int, seed: int, attack_rol
     rows = []
     for name, model in MODELS.items():
         overrides = {"model": model, "train": {"data": str(data), "max_steps": max_steps}}
-        config = resolve(_merge(preset_values("lra/listops-tiny"), overrides))
+        config = resolve(merge_values(preset_values("lra/listops-tiny"), overrides))
         rows.append(_train_and_test(name, config, out / name, attack_roll))
     table = _table(rows, attack_roll)
     plot = plot_runs([out / name for name in MODELS], out / "curves.png", labels=list(MODELS))
