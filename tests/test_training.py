@@ -227,3 +227,58 @@ def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, listops_dir) -
     assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     losses = [r["loss"] for r in records(out) if "loss" in r]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+# --- the task registry ---
+
+
+def test_unknown_tasks_are_refused_naming_the_known_ones() -> None:
+    values = preset_values("lra/listops-tiny")
+    values["train"]["task"] = "nope"
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; known tasks: .*listops"):
+        resolve(values)
+
+
+def test_a_registered_task_drives_collate_randomness_and_best_checkpoint(
+    tmp_path, listops_dir
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from ernie_sparse.data.collate import pad_collate
+    from ernie_sparse.training import tasks
+    from ernie_sparse.training.evaluation import EVAL_SEED
+    from ernie_sparse.training.loop import Run
+
+    draws: list[int] = []
+
+    def noisy_collate(examples, generator):  # stands in for MLM masking
+        if generator.initial_seed() != EVAL_SEED:  # evaluation draws the same masks each time
+            draws.append(int(torch.randint(1 << 30, (1,), generator=generator)))
+        return pad_collate(examples)
+
+    listops = tasks.get_task("listops")
+    task = tasks.Task(
+        "listops-by-loss",
+        read=listops.read,
+        build=listops.build,
+        collate=noisy_collate,
+        metric="loss",
+        higher_is_better=False,
+    )
+    tasks.register_task(task)
+    values = yaml.safe_load(write_config(tmp_path / "c.yaml", listops_dir).read_text())
+    values["train"].update(task="listops-by-loss", max_steps=6, eval_every=2)
+    runs = []
+    for name in ("a", "b"):
+        draws.clear()
+        run = Run(resolve(values), tmp_path / name, resume=False, quiet=True)
+        run.train()
+        runs.append((run, list(draws)))
+    (run, first), (_, second) = runs
+    assert first == second and len(set(first)) == len(first) == 6  # per step, reproducible
+    losses = [r["val_loss"] for r in records(tmp_path / "a") if "val_loss" in r]
+    assert run.state.best_metric == min(losses)
+    best_step = 2 * (losses.index(min(losses)) + 1)
+    assert (tmp_path / "a" / "best.safetensors").is_file() and best_step in (2, 4, 6)
+    assert set(load_file(str(tmp_path / "a" / "best.safetensors"))) == set(run.module.state_dict())

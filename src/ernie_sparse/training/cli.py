@@ -12,9 +12,8 @@ from safetensors.torch import load_file
 from ..analysis import WordOrderShift
 from .config import RunConfig, merge_values, parse_overrides, preset_values, resolve
 from .distributed import init_world
-from .evaluation import evaluate
 from .loop import Run
-from .tasks import build_model, load_split
+from .tasks import get_task
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +77,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = RunConfig.from_dict(yaml.safe_load(config_path.read_text()))
     if args.data:
         config.train.data = args.data
-    dataset = load_split(config.train, args.split)
-    model = build_model(config.train.task, config.model, dataset.info.num_labels)
+    task = get_task(config.train.task)
+    dataset = task.read(config.train, args.split)
+    model = task.build(config.model, dataset.info)
     weights = args.run_dir / args.weights
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file in the run directory")
@@ -87,7 +87,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     attack = parse_attack(args.attack, config.model.num_global)
     world = init_world()
     model.to(world.device)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, world=world, transform=attack)
+    metrics = task.evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        world=world,
+        collate=task.collate,
+        transform=attack,
+    )
     result = {"split": args.split, "attack": args.attack, "weights": args.weights, **metrics}
     suffix = f"-{args.attack.replace('=', '')}" if args.attack else ""
     (args.run_dir / f"eval-{args.split}{suffix}.json").write_text(json.dumps(result) + "\n")

@@ -17,7 +17,7 @@ from ..analysis import WordOrderShift
 from ..data.listops import generate_listops
 from .config import RunConfig, merge_values, preset_values, resolve
 from .distributed import init_world
-from .evaluation import evaluate
+from .evaluation import evaluate_accuracy
 from .loop import Run
 from .plot import plot_runs
 from .tasks import load_split
@@ -68,15 +68,15 @@ def _train_and_test(name: str, config: RunConfig, run_dir: Path, roll: int) -> d
     seconds = time.perf_counter() - started
     test = load_split(config.train, "test")
     world = init_world()
-    plain = evaluate(run.module, test, batch_size=64, world=world)
+    plain = evaluate_accuracy(run.module, test, batch_size=64, world=world)
     attack = WordOrderShift(shift=roll, num_global=config.model.num_global)
-    attacked = evaluate(run.module, test, batch_size=64, world=world, transform=attack)
+    attacked = evaluate_accuracy(run.module, test, batch_size=64, world=world, transform=attack)
     counts = [0] * test.info.num_labels
     for example in test.examples:
         counts[int(example["labels"])] += 1
     result = {
         "model": name,
-        "val_best": run.state.best_accuracy,
+        "val_best": run.state.best_metric,
         "test": plain["accuracy"],
         "test_attacked": attacked["accuracy"],
         "seconds": round(seconds, 1),

@@ -1,44 +1,81 @@
-"""Accuracy and loss of a model on a dataset (optionally under the word-order-shift attack)."""
+"""Scoring a model on a dataset: batching shared by every task, and accuracy.
+
+Each process takes its share of every batch; totals are summed across
+processes, so the figures do not depend on the number of processes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..data.base import TokenDataset
 from ..data.collate import pad_collate
 from .distributed import World, all_sum
 
 Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]
+
+EVAL_SEED = 1234  # evaluation batches that draw randomness (MLM masks) draw the same each time
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: TokenDataset,
+def default_collate(examples: Sequence[dict], generator: torch.Generator) -> dict:
+    del generator
+    return pad_collate(examples)
+
+
+def batches(
+    dataset: Dataset,
     *,
     batch_size: int,
     world: World,
     max_batches: int = 0,
+    collate: Collate = default_collate,
     transform: Transform | None = None,
-) -> dict[str, float]:
-    """{"accuracy", "loss", "examples"} over the dataset (each process takes its share)."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)  # correct, summed loss, examples
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(example indices, device batch) for this process's share of each batch."""
+    generator = generator or torch.Generator().manual_seed(EVAL_SEED)
     starts = range(0, len(dataset), batch_size)
     if max_batches:
         starts = starts[:max_batches]
     for start in starts:
-        indices = range(start, min(start + batch_size, len(dataset)))[world.rank :: world.size]
+        indices = list(range(start, min(start + batch_size, len(dataset))))[
+            world.rank :: world.size
+        ]
         if not indices:
             continue
-        batch = pad_collate([dataset[i] for i in indices])
+        batch = collate([dataset[i] for i in indices], generator)
         if transform is not None:
             batch = transform(batch)
-        batch = {k: v.to(world.device) for k, v in batch.items()}
+        yield indices, {key: value.to(world.device) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    world: World,
+    max_batches: int = 0,
+    collate: Collate = default_collate,
+    transform: Transform | None = None,
+) -> dict[str, float]:
+    """{"accuracy", "loss", "examples"} of a classifier over the dataset."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)  # correct, summed loss, examples
+    for _, batch in batches(
+        dataset,
+        batch_size=batch_size,
+        world=world,
+        max_batches=max_batches,
+        collate=collate,
+        transform=transform,
+    ):
         out = model(**batch)
         labels = batch["labels"]
         totals[0] += float((out.logits.argmax(-1) == labels).sum())

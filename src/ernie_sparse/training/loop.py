@@ -20,16 +20,13 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from ..data.base import TokenDataset
-from ..data.collate import pad_collate
 from ..objectives import saor_forward
 from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from .config import RunConfig
 from .distributed import all_mean, barrier, init_world
-from .evaluation import evaluate
 from .progress import Progress
 from .schedule import make_scheduler
-from .tasks import build_model, load_split
+from .tasks import get_task
 
 
 @dataclass
@@ -37,7 +34,7 @@ class LoopState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # passes over the training split started
     position: int = 0  # global batches taken in this epoch
-    best_accuracy: float = -1.0
+    best_metric: float | None = None  # the task's validation metric at its best so far
     evals_without_gain: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)  # evaluation records
@@ -74,10 +71,11 @@ class Run:
         self.world = init_world()
         train = config.train
         torch.manual_seed(train.seed)
-        self.train_set = load_split(train, "train")
-        self.val_set = load_split(train, "val")
+        self.task = get_task(train.task)
+        self.train_set = self.task.read(train, "train")
+        self.val_set = self.task.read(train, "val")
         self._check_data(self.train_set)
-        self.module = build_model(train.task, config.model, self.train_set.info.num_labels)
+        self.module = self.task.build(config.model, self.train_set.info)
         self.module.encoder.gradient_checkpointing = train.grad_checkpointing
         self.module.to(self.world.device)
         self.model = self._wrap(self.module)
@@ -89,7 +87,7 @@ class Run:
         self._start(resume)
         self.tensorboard = self._open_tensorboard() if train.tensorboard else None
 
-    def _check_data(self, dataset: TokenDataset) -> None:
+    def _check_data(self, dataset) -> None:
         model, info = self.config.model, dataset.info
         if model.vocab_size < info.vocab_size:
             raise ValueError(
@@ -207,8 +205,8 @@ class Run:
                 tokens, started = 0, time.perf_counter()
             progress.update(self.state.step, loss=record["loss"])
             if self.state.step % train.eval_every == 0 or self.state.step == train.max_steps:
-                accuracy = self._evaluate_and_keep_best()
-                progress.update(self.state.step, accuracy=accuracy)
+                value = self._evaluate_and_keep_best()
+                progress.update(self.state.step, **{self.task.metric: value})
                 self._save_checkpoint()
         progress.close()
         if self.tensorboard is not None:
@@ -225,7 +223,9 @@ class Run:
         self.model.train()
         for number, micro in enumerate(micro_batches):
             mine = micro[self.world.rank :: self.world.size]
-            batch = pad_collate([self.train_set[i] for i in mine])
+            batch = self.task.collate(
+                [self.train_set[i] for i in mine], self._batch_generator(number)
+            )
             tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(self.world.device) for k, v in batch.items()}
             last = number == len(micro_batches) - 1
@@ -249,6 +249,13 @@ class Run:
         record["lr"] = self.scheduler.get_last_lr()[0]
         return record, tokens
 
+    def _batch_generator(self, micro_batch: int) -> torch.Generator:
+        """Randomness of a training batch's collate (MLM masks): a function of the run's
+        seed, the step, the micro-batch and the process, so a resumed run draws the same."""
+        seed = self.config.train.seed
+        key = ((seed * 1_000_003 + self.state.step) * 1009 + micro_batch) * 101 + self.world.rank
+        return torch.Generator().manual_seed(key)
+
     def _sync(self, last: bool):
         if self.world.size > 1 and not last:
             return self.model.no_sync()
@@ -261,22 +268,24 @@ class Run:
 
     def _evaluate_and_keep_best(self) -> float:
         train = self.config.train
-        metrics = evaluate(
+        metrics = self.task.evaluate(
             self.module,
             self.val_set,
             batch_size=train.batch_size,
             world=self.world,
             max_batches=train.eval_max_batches,
+            collate=self.task.collate,
         )
         record = {"step": self.state.step, **{f"val_{k}": v for k, v in metrics.items()}}
         self._log(record)
         self.state.history.append(record)
-        if metrics["accuracy"] > self.state.best_accuracy:
-            self.state.best_accuracy = metrics["accuracy"]
+        value = metrics[self.task.metric]
+        if self.task.is_better(value, self.state.best_metric):
+            self.state.best_metric = value
             self.state.evals_without_gain = 0
             self._save_weights("best.safetensors")
         else:
             self.state.evals_without_gain += 1
             if train.patience and self.state.evals_without_gain >= train.patience:
                 self.state.stopped_early = True
-        return metrics["accuracy"]
+        return value

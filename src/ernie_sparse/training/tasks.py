@@ -1,57 +1,175 @@
-"""Task -> data splits and model head."""
+"""Tasks as data: how to read a split, build the model, batch examples and score a model.
+
+The training loop and ``ernie-sparse train/evaluate`` know nothing about any
+task; they look one up by name with :func:`get_task`. A module adds tasks by
+calling :func:`register_task` at import and naming itself in ``TASK_MODULES``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..data.base import TokenDataset
+from ..data.base import TaskInfo, TokenDataset
+from ..data.collate import pad_collate
 from ..models import ModelConfig, SequenceClassifier, TwoTowerMatcher
 from .config import TrainConfig
+from .evaluation import evaluate_accuracy
 
 SPLITS = ("train", "val", "test")
 
+# Modules whose import registers more tasks (imported on the first lookup).
+TASK_MODULES: tuple[str, ...] = ()
 
-def load_split(train: TrainConfig, split: str) -> TokenDataset:
-    """The task's ``split`` (train / val / test) from ``train.data``."""
+Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]
+
+
+def plain_collate(examples: Sequence[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Pad and mask; deterministic tasks ignore the generator."""
+    del generator
+    return pad_collate(examples)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the loop needs from a task. ``evaluate`` returns at least "loss",
+    "examples" and ``metric``, the value that picks the best checkpoint."""
+
+    name: str
+    read: Callable[[TrainConfig, str], Dataset]  # (train config, split) -> dataset with .info
+    build: Callable[[ModelConfig, TaskInfo], nn.Module]  # a module with .encoder -> TaskOutput
+    collate: Collate = plain_collate  # training batches get a generator seeded per step
+    evaluate: Callable[..., dict[str, Any]] = evaluate_accuracy
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+
+    def is_better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+
+_REGISTRY: dict[str, Task] = {}
+_imported = False
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _REGISTRY and _REGISTRY[task.name] is not task:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _import_task_modules() -> None:
+    global _imported
+    if not _imported:
+        _imported = True
+        for module in TASK_MODULES:
+            importlib.import_module(module)
+
+
+def task_names() -> list[str]:
+    _import_task_modules()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    _import_task_modules()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be train, val or test, not {split!r}")
+
+
+def data_root(train: TrainConfig) -> Path:
     if not train.data:
         raise ValueError(f"task {train.task} needs train.data (the data folder or file)")
-    root = Path(train.data)
-    task, length = train.task, train.max_length
-    if task == "listops":
-        from ..data.listops import read_listops_dir
-
-        return read_listops_dir(root, split, max_length=length)
-    if task == "text":
-        from ..data.lra import read_text
-
-        return read_text(root, split="train" if split == "train" else "test", max_length=length)
-    if task == "retrieval":
-        from ..data.lra import read_retrieval
-
-        name = {"train": "train", "val": "eval", "test": "test"}[split]
-        return read_retrieval(root / f"new_aan_pairs.{name}.tsv", max_length=length)
-    if task == "image":
-        from ..data.images import read_fashion_mnist
-        from ..data.lra import read_cifar10
-
-        reader = read_cifar10 if (root / "data_batch_1").is_file() else read_fashion_mnist
-        return reader(root, split=split)
-    if task == "pathfinder":
-        from ..data.pathfinder import read_pathfinder
-
-        return read_pathfinder(root, split=split)
-    if task == "documents":
-        from ..data.documents import read_documents
-
-        return read_documents(root, split=split, max_length=length)
-    raise ValueError(f"unknown task {task!r}")
+    return Path(train.data)
 
 
-def build_model(task: str, config: ModelConfig, num_labels: int) -> nn.Module:
-    if task == "retrieval":
-        return TwoTowerMatcher(config, num_labels)
-    return SequenceClassifier(config, num_labels)
+# --- the classification tasks of Long Range Arena and the document demo ---
+
+
+def _read_listops(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.listops import read_listops_dir
+
+    return read_listops_dir(data_root(train), split, max_length=train.max_length)
+
+
+def _read_text(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.lra import read_text
+
+    lra_split = "train" if split == "train" else "test"  # IMDB has no validation split
+    return read_text(data_root(train), split=lra_split, max_length=train.max_length)
+
+
+def _read_retrieval(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.lra import read_retrieval
+
+    name = {"train": "train", "val": "eval", "test": "test"}[split]
+    path = data_root(train) / f"new_aan_pairs.{name}.tsv"
+    return read_retrieval(path, max_length=train.max_length)
+
+
+def _read_image(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.images import read_fashion_mnist
+    from ..data.lra import read_cifar10
+
+    root = data_root(train)
+    reader = read_cifar10 if (root / "data_batch_1").is_file() else read_fashion_mnist
+    return reader(root, split=split)
+
+
+def _read_pathfinder(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.pathfinder import read_pathfinder
+
+    return read_pathfinder(data_root(train), split=split)
+
+
+def _read_documents(train: TrainConfig, split: str) -> TokenDataset:
+    from ..data.documents import read_documents
+
+    return read_documents(data_root(train), split=split, max_length=train.max_length)
+
+
+def _classifier(config: ModelConfig, info: TaskInfo) -> nn.Module:
+    return SequenceClassifier(config, info.num_labels)
+
+
+def _matcher(config: ModelConfig, info: TaskInfo) -> nn.Module:
+    return TwoTowerMatcher(config, info.num_labels)
+
+
+for _name, _read in (
+    ("listops", _read_listops),
+    ("text", _read_text),
+    ("image", _read_image),
+    ("pathfinder", _read_pathfinder),
+    ("documents", _read_documents),
+):
+    register_task(Task(_name, read=_read, build=_classifier))
+register_task(Task("retrieval", read=_read_retrieval, build=_matcher))
+
+
+# --- what the loop and the CLI call ---
+
+
+def load_split(train: TrainConfig, split: str) -> Dataset:
+    """The task's ``split`` (train / val / test) from ``train.data``."""
+    check_split(split)
+    return get_task(train.task).read(train, split)
+
+
+def build_model(task: str, config: ModelConfig, info: TaskInfo) -> nn.Module:
+    return get_task(task).build(config, info)
