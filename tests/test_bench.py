@@ -87,6 +87,16 @@ def test_hf_bigbird_baseline_runs() -> None:
     assert row["status"] == "ok" and row["median_ms"] > 0
 
 
+def test_combiner_backends_run_next_to_dense() -> None:
+    backends = ("dense", "combiner-axial-rowmajor", "combiner-axial-vertical")
+    config = small_config(backends=backends, modes=("fwd+bwd",))
+    rows = run_bench(config, log=lambda line: None)["rows"]
+    assert [r["backend"] for r in rows] == list(backends)
+    assert [r["pattern"] for r in rows] == list(backends)
+    assert all(r["status"] == "ok" and r["peak_mem_mb"] > 0 and r["gflops"] > 0 for r in rows)
+    assert "combiner-axial-vertical ms (MiB)" in summary_table({"rows": rows})
+
+
 def test_summary_table_ratios() -> None:
     def row(backend: str, ms: float) -> dict:
         return {"backend": backend, "seq_len": 4096, "mode": "fwd+bwd", "median_ms": ms,
@@ -120,6 +130,7 @@ def test_cli_writes_json_table_and_plot(tmp_path, capsys) -> None:
         (["--seq-lens", "100"], "not a multiple of block size"),
         (["--modes", "backward"], "unknown mode 'backward'"),
         (["--backends", "fast"], "unknown benchmark backend 'fast'"),
+        (["--backends", "combiner-dense"], "unknown benchmark backend 'combiner-dense'"),
     ],
 )
 def test_cli_refuses_bad_requests(args, message, tmp_path, capsys) -> None:

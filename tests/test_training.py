@@ -282,3 +282,12 @@ def test_a_registered_task_drives_collate_randomness_and_best_checkpoint(
     best_step = 2 * (losses.index(min(losses)) + 1)
     assert (tmp_path / "a" / "best.safetensors").is_file() and best_step in (2, 4, 6)
     assert set(load_file(str(tmp_path / "a" / "best.safetensors"))) == set(run.module.state_dict())
+
+
+def test_exponent_floats_on_the_command_line_are_floats() -> None:
+    values = preset_values("lra/listops-tiny")
+    overrides = parse_overrides(["train.lr=1e-4", "train.weight_decay=2E-2"])
+    config = resolve({**values, "train": {**values["train"], **overrides["train"]}})
+    assert (config.train.lr, config.train.weight_decay) == (1e-4, 2e-2)
+    with pytest.raises(TypeError, match=r"train\.lr must be float, got str 'fast'"):
+        resolve({**values, "train": {**values["train"], "lr": "fast"}})

@@ -1,15 +1,19 @@
 """Attention backends over block layouts; ``sparse_attention`` picks one."""
 
 from .blocked import block_plan, blocked_attention
+from .combiner import COMBINER_VARIANTS, combiner_attention, combiner_reference
 from .dispatch import BACKENDS, choose_backend, sparse_attention
 from .flex import flex_available, flex_sparse_attention
 from .reference import expand_layout, reference_attention
 
 __all__ = [
     "BACKENDS",
+    "COMBINER_VARIANTS",
     "block_plan",
     "blocked_attention",
     "choose_backend",
+    "combiner_attention",
+    "combiner_reference",
     "expand_layout",
     "flex_available",
     "flex_sparse_attention",

@@ -2,10 +2,12 @@
 
 Every backend computes the same BigBird ITC pattern (global, window and random
 blocks) on the same inputs; dense SDPA (all pairs) and Hugging Face BigBird are
-the baselines. Timings are medians of several runs after warm-up; memory is a
-separate run (see ``memory.py``). Useful GFLOP/s count the multiply-adds of the
-attention each backend computes (the pattern's pairs, or all N^2 pairs for
-dense) and are set against the dense matmul GFLOP/s measured in the same run.
+the baselines. ``combiner-<variant>`` backends run Combiner attention (its own
+factorized pattern, default span ceil(sqrt N)) on the same inputs for comparison.
+Timings are medians of several runs after warm-up; memory is a separate run (see
+``memory.py``). Useful GFLOP/s count the multiply-adds of the attention each backend
+computes (the pattern's pairs, all N^2 pairs for dense, the scores Combiner computes)
+and are set against the dense matmul GFLOP/s measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import sparse_attention
+from ..attention.combiner import COMBINER_VARIANTS, combiner_attention, combiner_pairs
 from ..patterns import bigbird, num_blocks_for
 from .common import (
     device_name,
@@ -77,6 +80,9 @@ def _attention_fn(name: str, config: BenchConfig, layout: torch.Tensor, seq_len:
         )
     if name == "dense":
         return F.scaled_dot_product_attention
+    if name.startswith("combiner-") and name.removeprefix("combiner-") in COMBINER_VARIANTS:
+        variant = name.removeprefix("combiner-")  # its own factorized pattern, not the layout
+        return lambda q, k, v: combiner_attention(q, k, v, variant=variant)
     if name == "hf-bigbird":
         return hf_bigbird_attention(
             seq_len=seq_len,
@@ -153,9 +159,13 @@ def bench_point(
     # Query-key pairs summed over heads: the pattern's, or all of them for dense.
     sparse_pairs = int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
     pairs = seq_len * seq_len * config.heads if name == "dense" else sparse_pairs
+    pattern = "dense" if name == "dense" else "bigbird"
+    if name.startswith("combiner-"):
+        pattern = name
+        pairs = combiner_pairs(name.removeprefix("combiner-"), seq_len) * config.heads
     row = {
         "backend": name,
-        "pattern": "dense" if name == "dense" else "bigbird",
+        "pattern": pattern,
         "seq_len": seq_len,
         "mode": mode,
         "median_ms": None,
@@ -293,7 +303,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}, 3 runs")
     parser.add_argument("--seq-lens", type=int_list, help="comma-separated lengths")
-    parser.add_argument("--backends", type=str_list, help="blocked,flex,dense,hf-bigbird,reference")
+    parser.add_argument(
+        "--backends",
+        type=str_list,
+        help="blocked,flex,dense,hf-bigbird,reference, combiner-<variant> ("
+        + ", ".join(COMBINER_VARIANTS)
+        + ")",
+    )
     parser.add_argument("--modes", type=str_list, default=defaults.modes, help="fwd,fwd+bwd")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(

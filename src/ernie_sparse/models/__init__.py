@@ -1,5 +1,6 @@
 """Models: configuration, the encoder (with HST) and task heads; baselines are presets."""
 
+from .causal import CausalLM, nats_to_bits, shift_labels
 from .config import HSTConfig, ModelConfig, SAORConfig
 from .encoder import Encoder, EncoderOutput
 from .heads import (
@@ -16,6 +17,7 @@ from .presets import PRESETS, preset
 __all__ = [
     "PRESETS",
     "TASKS",
+    "CausalLM",
     "Encoder",
     "EncoderOutput",
     "HSTConfig",
@@ -27,5 +29,7 @@ __all__ = [
     "SpanQA",
     "TaskOutput",
     "TwoTowerMatcher",
+    "nats_to_bits",
     "preset",
+    "shift_labels",
 ]

@@ -8,11 +8,14 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..attention.combiner import COMBINER_VARIANTS
 from ..attention.dispatch import BACKENDS
 from ..patterns.blockbert import parse_head_split
 from ..patterns.registry import PATTERNS, pattern_parameters
@@ -21,6 +24,7 @@ POOLINGS = ("mean", "max", "cls")
 SAOR_MODES = ("roll", "dropout")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 LAYER_NORMS = ("post", "pre")
+ATTENTIONS = ("sparse", "combiner")
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ModelConfig:
     attention_dropout: float = 0.1  # on attention probabilities
     max_positions: int = 4096  # learned position embeddings; longer inputs are refused
     type_vocab_size: int = 0  # segment (token type) embeddings; 0 = none (RoBERTa has 1)
+    position_offset: int = 0  # first position id (RoBERTa: padding_idx + 1); rows below unused
     layer_norm: Literal["post", "pre"] = "post"  # post-LN (BERT) or pre-LN (+ a final LayerNorm)
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5)
     activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # feed-forward nonlinearity
@@ -73,6 +78,11 @@ class ModelConfig:
     pattern_seed: int = 0  # seeds random blocks; layer l draws with seed + l
     resample_pattern: bool = False  # draw new random blocks every training forward
     attention_backend: str = "auto"  # auto | blocked | flex | reference (ernie_sparse.attention)
+    attention: Literal["sparse", "combiner"] = "sparse"  # block-sparse layout, or Combiner's
+    combiner_variant: str = "axial-rowmajor"  # attention.combiner.COMBINER_VARIANTS member
+    combiner_span: int = 0  # span, row length (logsparse: direct block); 0: combiner_partition
+    combiner_clusters: int = 0  # k-means clusters of "learnable"; 0 = ceil(sqrt(max_positions))
+    causal: bool = False  # decoder: token i attends tokens j <= i only (language modelling)
     hst: HSTConfig = field(default_factory=HSTConfig)
     saor: SAORConfig = field(default_factory=SAORConfig)
 
@@ -84,6 +94,8 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "num_heads", "num_layers", "mlp_size"):
             _check_positive(name, getattr(self, name))
         _check_positive("max_positions", self.max_positions)
+        if self.position_offset < 0:
+            raise ValueError(f"position_offset must be >= 0, got {self.position_offset}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
@@ -95,6 +107,7 @@ class ModelConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("attention_backend", self.attention_backend, ("auto", *BACKENDS))
         self._check_pattern()
+        self._check_attention()
 
     def _check_pattern(self) -> None:
         _check_choice("pattern", self.pattern, tuple(PATTERNS))
@@ -121,6 +134,93 @@ class ModelConfig:
                     f"blockbert head_split {self.pattern_params.get('head_split')!r} covers "
                     f"{heads} heads but num_heads={self.num_heads}"
                 )
+
+    def _check_attention(self) -> None:
+        _check_choice("attention", self.attention, ATTENTIONS)
+        for name in ("combiner_span", "combiner_clusters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = default), got {value!r}")
+        if self.attention == "combiner":
+            self._check_combiner()
+        if self.causal:
+            self._check_causal()
+
+    def _check_combiner(self) -> None:
+        variant = self.combiner_variant
+        _check_choice("combiner_variant", variant, COMBINER_VARIANTS)
+        if self.pattern != "dense" or self.pattern_params:
+            raise ValueError(
+                "attention='combiner' replaces the block pattern: leave pattern='dense' "
+                f"with no pattern_params (got pattern={self.pattern!r})"
+            )
+        if self.num_global:
+            raise ValueError(
+                f"num_global={self.num_global} needs attention='sparse' "
+                "(Combiner has no global tokens)"
+            )
+        span = self.combiner_span
+        if variant == "logsparse" and span & (span - 1):
+            raise ValueError(
+                f"combiner_span={span} must be a power of two for logsparse (its direct block)"
+            )
+        if self.combiner_clusters and variant != "learnable":
+            raise ValueError(
+                f"combiner_clusters applies only to combiner_variant='learnable', not {variant!r}"
+            )
+        if variant == "learnable" and self.causal:
+            raise ValueError(
+                "combiner_variant='learnable' cannot be causal (causal=True): k-means clusters "
+                "mix past and future tokens"
+            )
+        if variant == "mixture" and self.num_heads < 2:
+            raise ValueError(
+                f"combiner_variant='mixture' splits heads between fixed and logsparse; "
+                f"needs num_heads >= 2, got {self.num_heads}"
+            )
+
+    def _check_causal(self) -> None:
+        """What a decoder cannot have: anything that lets a token see later tokens."""
+        if self.hst.enabled:
+            raise ValueError(
+                "causal=True cannot use HST (hst.enabled): a representative summarizes its "
+                "whole block, later tokens included"
+            )
+        if self.num_global:
+            raise ValueError(
+                f"causal=True cannot use global tokens (num_global={self.num_global}): "
+                "they see the whole sequence"
+            )
+        if self.saor.alpha > 0 and self.saor.mode == "roll":
+            raise ValueError(
+                "causal=True cannot use SAOR's roll (saor.mode='roll' with saor.alpha > 0): "
+                "it moves later tokens first; use saor.alpha=0 or saor.mode=dropout"
+            )
+        if self.attention == "sparse" and self.pattern != "dense":
+            raise ValueError(
+                f"causal=True with attention='sparse' needs pattern='dense' (got "
+                f"pattern={self.pattern!r}: block layouts are bidirectional inside a block); "
+                "for a sparse decoder use attention='combiner'"
+            )
+
+    @property
+    def combiner_partition(self) -> int | None:
+        """The span passed to Combiner: fixed per model, never the kernel's default of
+        ceil(sqrt(N)) for the batch length N, so padding a batch moves no boundary.
+        Logsparse's default direct block (1) does not depend on N: None keeps it."""
+        if self.combiner_span:
+            return self.combiner_span
+        if self.combiner_variant == "logsparse":
+            return None
+        return math.isqrt(self.max_positions - 1) + 1
+
+    @property
+    def combiner_cluster_count(self) -> int | None:
+        """k-means clusters of "learnable" (None for other variants); like the span, fixed
+        per model rather than the kernel's ceil(sqrt(N)) of the batch length."""
+        if self.combiner_variant != "learnable":
+            return None
+        return self.combiner_clusters or math.isqrt(self.max_positions - 1) + 1
 
     @property
     def block_multiple(self) -> int:
@@ -178,6 +278,9 @@ def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check a value against a field's annotation; ints are accepted where floats are."""
     origin = typing.get_origin(hint)
@@ -189,6 +292,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     expected = origin or hint
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     if expected is int and isinstance(value, bool):
         raise TypeError(f"{name} must be int, got bool {value!r}")
     if not isinstance(value, expected):

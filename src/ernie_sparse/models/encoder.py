@@ -7,6 +7,7 @@ input_ids [B, n] -> embeddings -> internal sequence [B, L, d] (structure.py)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -14,10 +15,11 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..attention import sparse_attention
+from ..attention.combiner import combiner_attention
 from ..patterns import global_blocks, make_layout, pattern_parameters
 from .config import ModelConfig
 from .hierarchical import hierarchical_attention, pool
-from .layers import AttentionSublayer, FeedForwardSublayer
+from .layers import AttendFn, AttentionSublayer, FeedForwardSublayer, causal_attend
 from .structure import SequencePlan, internal_key_mask, plan_sequence, representative_mask
 
 
@@ -37,7 +39,8 @@ class Embeddings(nn.Module):
         super().__init__()
         width = config.hidden_size
         self.word = nn.Embedding(config.vocab_size, width)
-        self.position = nn.Embedding(config.max_positions, width)
+        self.position = nn.Embedding(config.position_offset + config.max_positions, width)
+        self.position_offset = config.position_offset
         self.token_type = (
             nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
         )
@@ -58,7 +61,7 @@ class Embeddings(nn.Module):
     ) -> torch.Tensor:
         """[B, n] ids -> internal sequence [B, L, d] (zeros at unused positions)."""
         batch, seq_len = input_ids.shape
-        positions = torch.arange(seq_len, device=input_ids.device)
+        positions = torch.arange(seq_len, device=input_ids.device) + self.position_offset
         tokens = self.word(input_ids) + self.position(positions)  # [B, n, d]
         if self.token_type is not None:
             if token_type_ids is None:
@@ -139,6 +142,9 @@ class PatternLayouts:
 class Encoder(nn.Module):
     """ERNIE-Sparse encoder (and, by configuration, each baseline of the paper).
 
+    ``config.attention="combiner"`` swaps the block-sparse attention for a Combiner
+    variant; ``config.causal=True`` makes it a decoder (each token sees earlier ones).
+
     ``final_representatives``: whether a head reads the representatives after the
     last layer (mean / max pooling). When it does not, the last layer's hierarchical
     attention could change no output, so it is not built (no unused parameters).
@@ -181,9 +187,11 @@ class Encoder(nn.Module):
 
     def plan(self, input_len: int) -> SequencePlan:
         config = self.config
+        # Attention without a block layout needs no padding to whole blocks (HST does).
+        unblocked = self._layout_free() and not config.hst.enabled
         return plan_sequence(
             input_len,
-            block_size=config.block_size,
+            block_size=1 if unblocked else config.block_size,
             num_global=config.num_global,
             hst=config.hst.enabled,
             block_multiple=config.block_multiple,
@@ -204,7 +212,7 @@ class Encoder(nn.Module):
         # which on CPU also lets dense rows use SDPA's memory-efficient kernel.
         sparse_key_mask = None if bool(key_mask.all()) else key_mask
         hidden = self.embeddings(input_ids, token_type_ids, plan)
-        layouts = self.layouts.for_layers(plan, training=self.training)
+        layouts = self._layouts(plan)
         for layer, layout in zip(self.layers, layouts, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden = torch.utils.checkpoint.checkpoint(
@@ -231,26 +239,55 @@ class Encoder(nn.Module):
             pooled = pool(tokens, attention_mask, self.config.hst.pooling)
         return EncoderOutput(tokens, attention_mask, pooled, reps, rep_mask)
 
+    def _layouts(self, plan: SequencePlan) -> list[torch.Tensor | None]:
+        """One block layout per layer; none where the attention takes no layout."""
+        if self._layout_free():
+            return [None] * self.config.num_layers
+        return self.layouts.for_layers(plan, training=self.training)
+
+    def _layout_free(self) -> bool:
+        """Combiner and dense causal attention take no block layout."""
+        return self.config.attention == "combiner" or self.config.causal
+
     def _sparse_layer(
         self,
         layer: EncoderLayer,
         hidden: torch.Tensor,
-        layout: torch.Tensor,
+        layout: torch.Tensor | None,
         key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        return layer.feed_forward(layer.attention(hidden, self._attend(layout, key_mask)))
+
+    def _attend(self, layout: torch.Tensor | None, key_mask: torch.Tensor | None) -> AttendFn:
+        """The configured attention: Combiner, dense causal, or the block-sparse layout."""
+        config = self.config
+        dropout_p = self._attention_dropout()
+        if config.attention == "combiner":
+            return functools.partial(
+                combiner_attention,
+                variant=config.combiner_variant,
+                causal=config.causal,
+                key_padding_mask=key_mask,
+                span=config.combiner_partition,
+                num_clusters=config.combiner_cluster_count,
+                dropout_p=dropout_p,
+            )
+        if config.causal:  # the config allows only the dense pattern here
+            return causal_attend(key_mask, dropout_p=dropout_p)
+
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return sparse_attention(
                 q,
                 k,
                 v,
                 layout,
-                block_size=self.config.block_size,
+                block_size=config.block_size,
                 key_padding_mask=key_mask,
-                backend=self.config.attention_backend,
-                dropout_p=self._attention_dropout(),
+                backend=config.attention_backend,
+                dropout_p=dropout_p,
             )
 
-        return layer.feed_forward(layer.attention(hidden, attend))
+        return attend
 
     def _attention_dropout(self) -> float:
         return self.config.attention_dropout if self.training else 0.0

@@ -72,3 +72,22 @@ def dense_attend(key_mask: torch.Tensor | None, *, dropout_p: float) -> AttendFn
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
     return attend
+
+
+def causal_attend(key_mask: torch.Tensor | None, *, dropout_p: float) -> AttendFn:
+    """Dense causal attention: query i sees keys j <= i that are real (True in [B, N]).
+
+    Each position may always see itself, so a padded query never has an empty row
+    (its output is unused; a real query never sees a padded key).
+    """
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if key_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        length = q.shape[2]
+        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=q.device)
+        mask = (causal & key_mask[:, None, None, :].to(q.device)) | eye  # [B, 1, N, N]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+    return attend

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..attention.combiner import COMBINER_VARIANTS
 from .config import ModelConfig
 
 # Overrides of ModelConfig per preset. Placeholders: "{global}" = 2 blocks of tokens
@@ -46,6 +47,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "saor": {"alpha": 5.0, "roll_tokens": 0, "mode": "dropout"},
     },
 }
+# Combiner (one preset per variant): "combiner-<variant>" bidirectional; decoders
+# "causal-dense" and "causal-combiner-<variant>", pre-LN as in Combiner appendix E.3.
+_CAUSAL: dict[str, Any] = {"causal": True, "layer_norm": "pre"}
+PRESETS["causal-dense"] = {**_CAUSAL, "pattern": "dense"}
+for _variant in COMBINER_VARIANTS:
+    PRESETS[f"combiner-{_variant}"] = {"attention": "combiner", "combiner_variant": _variant}
+    if _variant != "learnable":  # k-means routing sorts by content: never causal
+        PRESETS[f"causal-combiner-{_variant}"] = {**PRESETS[f"combiner-{_variant}"], **_CAUSAL}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

@@ -26,7 +26,9 @@ from .evaluation import evaluate_accuracy
 SPLITS = ("train", "val", "test")
 
 # Modules whose import registers more tasks (imported on the first lookup).
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = (
+    "ernie_sparse.training.lm_tasks",
+)
 
 Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]
 
