@@ -232,3 +232,20 @@ def test_data_info_on_generated_listops(tmp_path, capsys) -> None:
     assert main(["data", "info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "listops" in out and "train: 30 examples" in out and "test: 5 examples" in out
+
+
+def test_a_tokenizer_files_own_truncation_never_cuts_documents(tmp_path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    from ernie_sparse.data.tokenize import Subword, load_tokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(20)}}
+    model = tokenizers.models.WordLevel(vocab, unk_token="[UNK]")
+    tokenizer = tokenizers.Tokenizer(model)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.enable_truncation(max_length=4)  # as checkpoints ship it (MiniLM: 128)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    text = " ".join(f"w{i}" for i in range(20))
+    encode, _ = load_tokenizer(str(path))
+    assert encode(text) == list(range(2, 22))
+    assert Subword(path).encode(text) == list(range(2, 22))

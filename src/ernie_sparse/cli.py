@@ -28,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli import add_evaluate_arguments, add_train_arguments
 
     add_train_arguments(commands.add_parser("train", help="train a model from a preset"))
+    from .training import pretrain
+
+    pretrain.add_arguments(commands.add_parser("pretrain", help="masked-LM pretraining"))
     add_evaluate_arguments(commands.add_parser("evaluate", help="evaluate a trained run"))
     from .training import demo, plot
 
     plot.add_arguments(commands.add_parser("plot", help="loss and accuracy curves of runs"))
     demo.add_arguments(commands.add_parser("demo", help="ERNIE-Sparse vs BigBird on ListOps"))
+    from .models import convert
+
+    convert.add_arguments(
+        commands.add_parser("convert", help="warm-start from a BERT/RoBERTa checkpoint")
+    )
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 

@@ -46,6 +46,13 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (CUDA)
     grad_checkpointing: bool = False  # recompute each layer in backward to save memory
     tensorboard: bool = False  # also write scalars to RUN_DIR/tensorboard (pip install tensorboard)
+    init_from: str = ""  # pretrained folder (BERT/RoBERTa or converted) to warm-start the encoder
+    tokenizer: str = ""  # tokenizer.json of subword tasks; "" = init_from's (classification: bytes)
+    val_fraction: float = 0.05  # mlm: share of the corpus's documents held out for validation
+    mask_probability: float = 0.15  # mlm: share of tokens chosen for prediction (80/10/10)
+    doc_stride: int = 128  # QA: tokens between the starts of consecutive context windows
+    max_answer_tokens: int = 30  # QA: longest predicted answer span, in tokens
+    global_prefix: int = 0  # QA: tokens of the global question prefix; must equal model.num_global
 
 
 @dataclass
@@ -139,13 +146,20 @@ def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConf
     """Preset values (+ overrides) -> RunConfig; the model section is ``preset`` + fields."""
     model_values = dict(values.get("model", {}))
     name = model_values.pop("preset", "ernie-sparse")
-    if vocab_size is not None:
-        model_values.setdefault("vocab_size", vocab_size)
     for group in ("hst", "saor"):
         if group in model_values and not isinstance(model_values[group], dict):
             raise ValueError(f"model.{group} must be a mapping")
-    model = preset(name, **model_values)
     train = build_dataclass(TrainConfig, values.get("train", {}), prefix="train.")
+    if train.init_from:  # a warm start: the checkpoint's model, this run's model values on top
+        from .pretrain import warm_start_config
+
+        named = values.get("model", {}).get("preset")  # applied only when named
+        model = warm_start_config(train.init_from, model_values, preset_name=named)
+        name = named or "pretrained"
+    else:
+        if vocab_size is not None:
+            model_values.setdefault("vocab_size", vocab_size)
+        model = preset(name, **model_values)
     from .tasks import get_task  # tasks import this module
 
     get_task(train.task)  # an unknown task is refused here, naming the known ones

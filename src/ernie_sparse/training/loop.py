@@ -76,6 +76,10 @@ class Run:
         self.val_set = self.task.read(train, "val")
         self._check_data(self.train_set)
         self.module = self.task.build(config.model, self.train_set.info)
+        if train.init_from and not (resume and self.checkpoint_path.is_file()):
+            from .pretrain import warm_start  # a resumed run restores its own weights
+
+            warm_start(self.module, train.init_from, config.model)
         self.module.encoder.gradient_checkpointing = train.grad_checkpointing
         self.module.to(self.world.device)
         self.model = self._wrap(self.module)

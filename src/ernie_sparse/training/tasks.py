@@ -28,6 +28,7 @@ SPLITS = ("train", "val", "test")
 # Modules whose import registers more tasks (imported on the first lookup).
 TASK_MODULES: tuple[str, ...] = (
     "ernie_sparse.training.lm_tasks",
+    "ernie_sparse.training.finetune_tasks",
 )
 
 Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]

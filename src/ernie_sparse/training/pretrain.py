@@ -1,0 +1,160 @@
+"""``ernie-sparse pretrain``: masked-LM pretraining on a folder of text files.
+
+A pretraining run is an ordinary training run of task ``mlm`` (resumable the same
+way): the corpus is ``train.data``, the tokenizer ``train.tokenizer``. The
+tokenizer is, in order: ``--tokenizer``, the checkpoint's ``tokenizer.json``
+(``--from``), or a byte-level BPE trained on the corpus and written to
+``RUN/tokenizer.json``. With ``--from`` the encoder warm-starts from the checkpoint
+(ERNIE-Sparse 4.2.1 starts from RoBERTa) and the model config is the checkpoint's
+with the run's model values on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from ..data.corpus import find_text_files, train_tokenizer
+from ..data.tokenize import Subword
+from ..models import MaskedLM, ModelConfig, preset
+from ..models.presets import PRESETS
+from .config import RunConfig, merge_values, parse_overrides, preset_values, resolve
+
+log = logging.getLogger("ernie_sparse.training")
+DEFAULT_CONFIG = "pretrain/mlm-tiny"  # from scratch
+WARM_CONFIG = "pretrain/mlm-warm-tiny"  # with --from: sizes from the checkpoint
+TRAINED_VOCAB_SIZE = 8000  # byte-level BPE size when the tokenizer is trained here
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", required=True, help="folder of .txt/.rst/.md files")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--from", dest="init_from", help="pretrained directory to warm-start from")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: --from's, or trained)")
+    parser.add_argument(
+        "--config",
+        help=f"preset or YAML file (default {DEFAULT_CONFIG}, {WARM_CONFIG} with --from)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=TRAINED_VOCAB_SIZE,
+        help="vocabulary of a tokenizer trained on the corpus",
+    )
+    parser.add_argument("--max-steps", type=int, help="train.max_steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=0.0001")
+    parser.set_defaults(run=run_pretrain)
+
+
+def pretrain_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config: the saved one on resume, else preset + flags + overrides."""
+    saved = args.out / "config.yaml"
+    if args.resume and saved.is_file():
+        return RunConfig.from_dict(yaml.safe_load(saved.read_text()))
+    name = args.config or (WARM_CONFIG if args.init_from else DEFAULT_CONFIG)
+    values = merge_values(preset_values(name), parse_overrides(args.overrides))
+    flags = {"task": "mlm", "data": str(args.corpus)}
+    if args.init_from:
+        flags["init_from"] = args.init_from
+    if args.max_steps is not None:
+        flags["max_steps"] = args.max_steps
+    values = merge_values(values, {"train": flags})
+    init_from = values["train"].get("init_from")
+    tokenizer = (
+        args.tokenizer or values["train"].get("tokenizer") or _default_tokenizer(args, init_from)
+    )
+    values = merge_values(values, {"train": {"tokenizer": str(tokenizer)}})
+    if init_from:  # the checkpoint's vocabulary, whatever the preset says
+        values["model"] = {k: v for k, v in values.get("model", {}).items() if k != "vocab_size"}
+    else:  # a model from scratch has exactly the tokenizer's vocabulary
+        values = merge_values(values, {"model": {"vocab_size": Subword(tokenizer).vocab_size}})
+    return resolve(values)
+
+
+def _default_tokenizer(args: argparse.Namespace, init_from: str | None) -> Path:
+    if init_from:
+        return Path(init_from) / "tokenizer.json"
+    path = args.out / "tokenizer.json"
+    if not path.is_file():
+        log.info(
+            "training a byte-level BPE tokenizer (%d tokens) on %s", args.vocab_size, args.corpus
+        )
+        train_tokenizer(find_text_files(args.corpus), path, vocab_size=args.vocab_size)
+    return path
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from .loop import Run
+
+    run = Run(pretrain_config(args), args.out, resume=args.resume, quiet=args.quiet)
+    final = run.train()
+    if run.world.is_main:
+        print(json.dumps({"step": run.state.step, **final}))
+    return 0
+
+
+def warm_start_config(
+    directory: str, model_values: dict[str, Any], *, preset_name: str | None = None
+) -> ModelConfig:
+    """The checkpoint's model config, then the fields ``preset_name`` sets (its sparse
+    pattern, HST, SAOR), then this run's ``model_values``.
+
+    Fields fixed by the checkpoint's weights (sizes, vocabulary, norms: the loader's
+    ``FIXED_FIELDS``) may appear in the run's values only with the checkpoint's own
+    value (so a preset file can spell out RoBERTa-base's sizes); a different value is
+    an error naming it.
+    """
+    from ..models.pretrained import FIXED_FIELDS, load_encoder
+
+    base, _ = load_encoder(directory)
+    differ = [
+        f"model.{key}={model_values[key]!r} (checkpoint: {getattr(base, key)!r})"
+        for key in FIXED_FIELDS
+        if key in model_values and model_values[key] != getattr(base, key)
+    ]
+    if differ:
+        raise ValueError(
+            f"{directory}: {', '.join(differ)}; these are fixed by the checkpoint's weights "
+            "(leave them out of a warm start's config)"
+        )
+    chosen = dict(model_values)
+    if preset_name:  # the preset's own fields, resolved for the checkpoint's sizes
+        sizes = {key: getattr(base, key) for key in FIXED_FIELDS}
+        full = preset(preset_name, **{**model_values, **sizes}).to_dict()
+        chosen = {k: v for k, v in full.items() if k in set(PRESETS[preset_name]) | set(chosen)}
+    overrides = {k: v for k, v in chosen.items() if k not in FIXED_FIELDS}
+    return load_encoder(directory, **overrides)[0]
+
+
+def warm_start(module: nn.Module, directory: str, config: ModelConfig) -> None:
+    """Load a pretrained encoder (and a masked LM's head, when the checkpoint has one)
+    into ``module``; other heads keep their initialization. Logs what was left as is."""
+    from ..models.pretrained import FIXED_FIELDS, load_encoder, read_checkpoint
+
+    overrides = {k: v for k, v in config.to_dict().items() if k not in FIXED_FIELDS}
+    loaded, weights = load_encoder(directory, **overrides)
+    if loaded != config:
+        raise ValueError(
+            f"{directory}: the checkpoint no longer matches this run's model config "
+            "(it was resolved from another checkpoint?)"
+        )
+    state = {f"encoder.{key}": value for key, value in weights.items()}
+    if isinstance(module, MaskedLM):
+        state.update(read_checkpoint(directory, **overrides).mlm_head or {})
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    log.warning(
+        "warm start from %s: %d tensors loaded; left initialized: %s",
+        directory,
+        len(state) - len(unexpected),
+        ", ".join(missing) or "none",
+    )
+    if unexpected:
+        log.warning("warm start: checkpoint tensors this model lacks: %s", ", ".join(unexpected))
