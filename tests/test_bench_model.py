@@ -62,3 +62,77 @@ def test_benchmarked_models_are_the_papers(name) -> None:
     assert config.hst.enabled == name.startswith("ernie")
     assert (config.saor.alpha > 0) == name.endswith("+saor")
     assert config.pattern == ("dense" if name == "dense" else "bigbird")
+
+
+# --- Figure 4 until out of memory, BlockBERT Table 5's inference grid ---
+
+
+def test_peak_prediction_follows_the_growth_of_the_last_two_lengths() -> None:
+    from ernie_sparse.bench.model import predict_peak_mb
+
+    assert predict_peak_mb([(100, 1.0)], 200) is None
+    assert predict_peak_mb([(100, 1.0), (200, 4.0)], 400) == pytest.approx(16.0)  # quadratic
+    assert predict_peak_mb([(50, 9.0), (100, 1.0), (200, 2.0)], 400) == pytest.approx(4.0)
+    assert predict_peak_mb([(100, 1.0), (200, 1.21)], 400) == pytest.approx(1.4641)
+
+
+def test_memory_cap_stops_a_model_at_the_first_length_over_it() -> None:
+    lengths = (256, 512, 1024, 2048)  # where BigBird's pattern is sparse: linear growth
+    one_step = {**TINY, "repeats": 1}  # memory matters here, not time
+    free = run_bench(ModelBenchConfig(seq_lens=lengths, models=("bigbird",), **one_step),
+                     log=lambda _: None)  # fmt: skip
+    peak = {r["seq_len"]: r["peak_mem_mb"] for r in free["rows"]}
+    # Over the cap at 2048 by prediction from 512 and 1024: never run there.
+    config = ModelBenchConfig(
+        seq_lens=lengths, models=("bigbird",), memory_cap_mb=peak[1024] * 1.25, **one_step
+    )
+    rows = run_bench(config, log=lambda _: None)["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "capped"]
+    assert rows[-1]["predicted_peak_mb"] > config.memory_cap_mb
+    assert rows[-1]["median_ms"] is None and rows[-1]["peak_mem_mb"] is None
+    # Over the cap at 512, where one earlier point predicts nothing: measured, not timed.
+    config.memory_cap_mb = (peak[256] + peak[512]) / 2
+    rows = run_bench(config, log=lambda _: None)["rows"]
+    assert [r["status"] for r in rows] == ["ok", "capped", "capped", "capped"]
+    assert rows[1]["peak_mem_mb"] > config.memory_cap_mb and rows[1]["median_ms"] is None
+    assert rows[2]["peak_mem_mb"] is None  # stopped: not run at longer lengths
+
+
+def test_out_of_memory_is_recorded_and_the_model_skipped_afterwards(monkeypatch) -> None:
+    from ernie_sparse.bench import model as bench_model
+
+    calls = []
+    prepare = bench_model._prepare
+
+    def failing(name, seq_len, config, batch):
+        calls.append((name, seq_len, batch))
+        if name == "dense" and batch * seq_len >= 256:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return prepare(name, seq_len, config, batch)
+
+    monkeypatch.setattr(bench_model, "_prepare", failing)
+    config = ModelBenchConfig(
+        seq_lens=(128, 256),
+        models=("dense", "blockbert-2", "blockbert-3"),
+        inference_batches=(1, 2, 3),
+        memory=False,
+        **{**TINY, "num_heads": 4, "hidden_size": 32},
+    )
+    result = run_bench(config, log=lambda _: None)
+    status = {(r["model"], r["batch"], r["seq_len"]): r["status"] for r in result["rows"]}
+    assert [status[("dense", b, 128)] for b in (1, 2, 3)] == ["ok", "oom", "oom"]
+    assert all(status[("dense", b, 256)] == "oom" for b in (1, 2, 3))
+    assert ("dense", 128, 3) not in calls and ("dense", 256, 1) in calls  # smaller: tried
+    assert all(v == "ok" for (m, _, _), v in status.items() if m != "dense")
+    table = bench_model.inference_table(result)
+    assert "| 1 x 128 | 2 x 128 | 3 x 128 | 1 x 256 |" in table and "| OOM |" in table
+
+
+def test_blockbert_models_split_their_heads_into_n_permutations() -> None:
+    from ernie_sparse.bench.model import model_config
+
+    config = model_config("blockbert-3", ModelBenchConfig())
+    assert config.pattern == "blockbert" and config.pattern_params["head_split"] == "2:1:1"
+    assert config.block_multiple == 3
+    with pytest.raises(ValueError, match="at least 3 heads"):
+        model_config("blockbert-3", ModelBenchConfig(num_heads=2, hidden_size=32))

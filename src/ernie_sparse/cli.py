@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot.add_arguments(commands.add_parser("plot", help="loss and accuracy curves of runs"))
     demo.add_arguments(commands.add_parser("demo", help="ERNIE-Sparse vs BigBird on ListOps"))
+    from .analysis.cli import add_arguments as add_experiment_arguments
+
+    add_experiment_arguments(
+        commands.add_parser("experiment", help="the papers' ablations, sweeps and profiles")
+    )
     from .models import convert
 
     convert.add_arguments(

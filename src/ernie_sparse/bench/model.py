@@ -7,11 +7,21 @@ loss per step, like the paper's Figure 4. SAOR is left out of ``ernie-sparse``:
 it is a second pass of the same model (twice the step) and only at training
 time; ``ernie-sparse+saor`` measures it when asked for. ``HST overhead`` in
 the table is ernie-sparse time / bigbird time - 1.
+
+Figure 4 goes "until out of memory": ``--memory-cap MiB`` stops a model at the
+first length whose peak memory exceeds the cap -- measured, or predicted from the
+model's two previous lengths (a power law) so that a step that would exhaust the
+host is never started -- and records it as "capped"; a real out-of-memory error
+(CUDA, or a failed CPU allocation) is recorded as "oom". Either way the model is
+not run at longer lengths. ``--inference-grid B1,B2,...`` times forward passes
+without gradients over batch x length instead (BlockBERT Table 5, with
+``--models dense,blockbert-2,blockbert-3``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -37,14 +47,17 @@ from .memory import peak_memory_mb
 
 FULL_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 QUICK_SEQ_LENS = (1024, 2048, 4096)
-MODELS = ("dense", "bigbird", "ernie-sparse", "ernie-sparse+saor")
+MODELS = ("dense", "bigbird", "ernie-sparse", "ernie-sparse+saor", "blockbert-2", "blockbert-3")
 DEFAULT_MODELS = ("dense", "bigbird", "ernie-sparse")
 PRESET_OF = {
     "dense": "dense",
     "bigbird": "bigbird",
     "ernie-sparse": "ernie-sparse-no-saor",
     "ernie-sparse+saor": "ernie-sparse",
+    "blockbert-2": "blockbert",  # BlockBERT with n = 2 / 3 parts (its Table 5)
+    "blockbert-3": "blockbert",
 }
+STOPPING = ("oom", "capped")  # statuses after which a model is not run at longer lengths
 
 
 @dataclass
@@ -63,6 +76,8 @@ class ModelBenchConfig:
     warmup: int = 1  # untimed rounds first
     max_seconds: float = 20.0  # per model: stop after this long (at least 3 rounds)
     memory: bool = True  # one more step under the peak-memory tracker
+    memory_cap_mb: float = 0.0  # peak (measured or predicted) above this = "capped"; 0 = none
+    inference_batches: tuple[int, ...] = ()  # non-empty: time no-grad forwards, batch x length
     device: str = "cpu"
     seed: int = 0
 
@@ -70,8 +85,12 @@ class ModelBenchConfig:
 def model_config(name: str, config: ModelBenchConfig) -> ModelConfig:
     if name not in PRESET_OF:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    extra = {}
+    if name.startswith("blockbert-"):
+        extra["pattern_params"] = {"head_split": _even_split(int(name[-1]), config.num_heads)}
     return preset(
         PRESET_OF[name],
+        **extra,
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
@@ -84,6 +103,27 @@ def model_config(name: str, config: ModelBenchConfig) -> ModelConfig:
     )
 
 
+def _even_split(parts: int, heads: int) -> str:
+    """BlockBERT head split: ``heads`` spread over ``parts`` permutations ("2:1" for 3, 2)."""
+    if heads < parts:
+        raise ValueError(f"blockbert-{parts} needs at least {parts} heads, got {heads}")
+    return ":".join(str(heads // parts + (i < heads % parts)) for i in range(parts))
+
+
+def predict_peak_mb(points: list[tuple[int, float]], seq_len: int) -> float | None:
+    """Peak memory at ``seq_len`` extrapolated from the last two (length, MiB) points as
+    ``c * n^p`` through both; None with fewer than two points. p can err both ways (fixed
+    overheads make it low, a pattern still dense at short lengths high); a prediction
+    under the cap is checked by measuring before the model is timed."""
+    if len(points) < 2:
+        return None
+    (n1, m1), (n2, m2) = points[-2], points[-1]
+    if n2 == n1 or m1 <= 0 or m2 <= 0:
+        return None
+    power = max(0.0, math.log(m2 / m1) / math.log(n2 / n1))
+    return m2 * (seq_len / n2) ** power
+
+
 def _training_step(model: SequenceClassifier, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
     """The loss each preset trains with (one pass unless its SAOR alpha > 0), then backward."""
 
@@ -94,53 +134,129 @@ def _training_step(model: SequenceClassifier, batch: dict[str, torch.Tensor]) ->
     return step
 
 
-def _prepare(name: str, seq_len: int, config: ModelBenchConfig) -> Callable[[], None]:
+def _prepare(name: str, seq_len: int, config: ModelBenchConfig, batch: int) -> Callable[[], None]:
+    """One training step of the model (or, for the inference grid, one no-grad forward)."""
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = SequenceClassifier(model_config(name, config), num_labels=2).to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    ids = torch.randint(1, config.vocab_size, (config.batch, seq_len), generator=generator)
-    labels = torch.zeros(config.batch, dtype=torch.long)
-    return _training_step(model, {"input_ids": ids.to(device), "labels": labels.to(device)})
+    ids = torch.randint(1, config.vocab_size, (batch, seq_len), generator=generator).to(device)
+    if config.inference_batches:
+        model.eval()
+
+        @torch.no_grad()
+        def forward() -> None:
+            model(input_ids=ids)
+
+        return forward
+    labels = torch.zeros(batch, dtype=torch.long)
+    return _training_step(model, {"input_ids": ids, "labels": labels.to(device)})
 
 
-def bench_length(seq_len: int, config: ModelBenchConfig) -> list[dict]:
-    """One row per model at one length. The models' steps are timed in turns (one step
-    of each per round), so drift of a shared machine hits them alike."""
+def _out_of_memory(run: Callable[[], object]) -> tuple[object, bool]:
+    """(run(), False), or (None, True) when it ran out of memory (the cache is emptied)."""
+    try:
+        return run(), False
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None, True
+
+
+def _precheck(name: str, row: dict, config: ModelBenchConfig, *, points, stopped) -> str | None:
+    """The status of a model that will not run at this point, else None."""
+    batch, seq_len = row["batch"], row["seq_len"]
+    if name in stopped and batch >= stopped[name][1]:
+        return stopped[name][0]  # it ran out of memory (or over the cap) at a smaller size
+    if name == "dense" and seq_len > config.dense_max_len:
+        return "skipped"
+    if config.memory_cap_mb:
+        axis = batch if config.inference_batches else seq_len
+        predicted = predict_peak_mb(points, axis)
+        if predicted is not None and predicted > config.memory_cap_mb:
+            row["predicted_peak_mb"] = round(predicted, 1)
+            return "capped"
+    return None
+
+
+def bench_length(
+    seq_len: int,
+    config: ModelBenchConfig,
+    *,
+    batch: int | None = None,
+    history: dict[str, list[tuple[int, float]]] | None = None,
+    stopped: dict[str, tuple[str, int]] | None = None,
+) -> list[dict]:
+    """One row per model at one length (and batch). The models' steps are timed in turns
+    (one step of each per round), so drift of a shared machine hits them alike.
+    ``history``: each model's earlier (length or batch, peak MiB) points, for the cap's
+    prediction; ``stopped``: model -> (status, batch) of an earlier oom / cap."""
     device = torch.device(config.device)
+    batch = batch or config.batch
+    history, stopped = history or {}, stopped or {}
     rows = {
-        name: {"model": name, "seq_len": seq_len, "median_ms": None, "peak_mem_mb": None}
+        name: {
+            "model": name,
+            "seq_len": seq_len,
+            "batch": batch,
+            "median_ms": None,
+            "peak_mem_mb": None,
+        }
         for name in config.models
     }
     steps = {}
     for name in config.models:
-        if name == "dense" and seq_len > config.dense_max_len:
-            rows[name]["status"] = "skipped"
-            continue
-        steps[name] = _prepare(name, seq_len, config)
+        status = _precheck(name, rows[name], config, points=history.get(name, []), stopped=stopped)
+        if status is None:
+            steps[name], failed = _out_of_memory(
+                lambda name=name: _prepare(name, seq_len, config, batch)
+            )
+            status = "oom" if failed else None
+        if status is not None:
+            rows[name]["status"] = status
+            steps.pop(name, None)
+    if config.memory_cap_mb:  # measure first: a step over the cap is not timed
+        for name in list(steps):
+            _measure_peak(rows[name], steps, name, device, cap=config.memory_cap_mb)
+    times = _time_in_turns(steps, rows, config, device)
+    for name in list(steps):
+        rows[name]["median_ms"] = round(statistics.median(times[name]), 1)
+        rows[name]["status"] = "ok"
+        if config.memory and rows[name]["peak_mem_mb"] is None:
+            _measure_peak(rows[name], steps, name, device, cap=0.0)
+    return list(rows.values())
+
+
+def _measure_peak(row: dict, steps: dict, name: str, device: torch.device, *, cap: float) -> None:
+    peak, failed = _out_of_memory(lambda: peak_memory_mb(steps[name], device))
+    if failed:
+        row["status"] = "oom"
+        row["median_ms"] = None
+    else:
+        row["peak_mem_mb"] = round(peak, 1)
+        if cap and peak > cap:
+            row["status"] = "capped"
+    if failed or (cap and peak > cap):
+        del steps[name]
+
+
+def _time_in_turns(steps: dict, rows: dict, config: ModelBenchConfig, device: torch.device):
     times: dict[str, list[float]] = {name: [] for name in steps}
     started = time.perf_counter()
     for round_index in range(config.warmup + config.repeats):
         for name in list(steps):
-            try:
-                elapsed = _time_ms(steps[name], device)
-            except (RuntimeError, torch.OutOfMemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
+            elapsed, failed = _out_of_memory(lambda name=name: _time_ms(steps[name], device))
+            if failed:
                 rows[name]["status"] = "oom"
                 del steps[name]
-                continue
-            if round_index >= config.warmup:
+            elif round_index >= config.warmup:
                 times[name].append(elapsed)
         timed = round_index + 1 - config.warmup
         if timed >= 3 and time.perf_counter() - started > config.max_seconds * len(steps):
             break
-    for name, step in steps.items():
-        rows[name]["median_ms"] = round(statistics.median(times[name]), 1)
-        rows[name]["status"] = "ok"
-        if config.memory:
-            rows[name]["peak_mem_mb"] = round(peak_memory_mb(step, device), 1)
-    return list(rows.values())
+    return times
 
 
 def _time_ms(step: Callable[[], None], device: torch.device) -> float:
@@ -166,15 +282,36 @@ def run_bench(config: ModelBenchConfig, *, log: Callable[[str], None] = print) -
     }
     log(f"device {meta['device']} ({device.type}), {meta['threads']} threads")
     rows = []
+    stopped: dict[str, tuple[str, int]] = {}
     for seq_len in config.seq_lens:
-        for row in bench_length(seq_len, config):
-            rows.append(row)
-            log(_format_row(row))
+        history: dict[str, list[tuple[int, float]]] = {}  # along the batch axis at this n
+        for batch in config.inference_batches or (config.batch,):
+            points = history if config.inference_batches else _length_history(rows)
+            for row in bench_length(seq_len, config, batch=batch, history=points, stopped=stopped):
+                rows.append(row)
+                log(_format_row(row))
+                _remember(row, history, stopped)
     return {"meta": meta, "rows": rows}
 
 
+def _length_history(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    points: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        if row["peak_mem_mb"] and row["status"] == "ok":
+            points.setdefault(row["model"], []).append((row["seq_len"], row["peak_mem_mb"]))
+    return points
+
+
+def _remember(row: dict, history: dict, stopped: dict) -> None:
+    name = row["model"]
+    if row["status"] in STOPPING and name not in stopped:
+        stopped[name] = (row["status"], row["batch"])
+    if row["status"] == "ok" and row["peak_mem_mb"]:
+        history.setdefault(name, []).append((row["batch"], row["peak_mem_mb"]))
+
+
 def _format_row(row: dict) -> str:
-    head = f"  n={row['seq_len']:>6} {row['model']:>17}:"
+    head = f"  b={row['batch']:>3} n={row['seq_len']:>6} {row['model']:>17}:"
     if row["status"] != "ok":
         return f"{head} {row['status']}"
     memory = "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.1f} MiB"
@@ -203,6 +340,29 @@ def summary_table(result: dict) -> str:
         for model in (m for m in models if m != "dense"):
             cells.append(_growth(by_key, model, seq_len, previous))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def inference_table(result: dict) -> str:
+    """BlockBERT Table 5: seconds per no-grad forward, one column per batch x length."""
+    rows = result["rows"]
+    sizes = list(dict.fromkeys((r["batch"], r["seq_len"]) for r in rows))
+    by_key = {(r["model"], r["batch"], r["seq_len"]): r for r in rows}
+    lines = [
+        "| model | " + " | ".join(f"{b} x {n}" for b, n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = []
+        for batch, seq_len in sizes:
+            row = by_key.get((model, batch, seq_len))
+            if row is None:
+                cells.append("-")
+            elif row["status"] != "ok":
+                cells.append(row["status"].upper() if row["status"] == "oom" else row["status"])
+            else:
+                cells.append(f"{row['median_ms'] / 1e3:.4f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -255,6 +415,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense-max-len", type=int, default=defaults.dense_max_len)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
+    parser.add_argument(
+        "--memory-cap", type=float, default=0.0, help="MiB; a model over it is 'capped' from there"
+    )
+    parser.add_argument(
+        "--inference-grid", type=int_list, help="batch sizes: time no-grad forwards (B x N grid)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/bench-model", help="output directory")
     parser.set_defaults(run=run)
@@ -273,10 +439,14 @@ def run(args: argparse.Namespace) -> int:
         dense_max_len=args.dense_max_len,
         repeats=args.repeats,
         memory=not args.no_memory,
+        memory_cap_mb=args.memory_cap,
+        inference_batches=tuple(args.inference_grid or ()),
         device=args.device,
     )
     result = run_bench(config)
-    write_results(
-        Path(args.out), result, table=summary_table(result), plot=plot_bench, name="model.png"
-    )
+    if config.inference_batches:
+        table, plot = inference_table(result), lambda result, path: None
+    else:
+        table, plot = summary_table(result), plot_bench
+    write_results(Path(args.out), result, table=table, plot=plot, name="model.png")
     return 0

@@ -1,0 +1,199 @@
+"""An experiment's report from whatever runs are finished: results.json, report.md, PNG."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ...plotting import pyplot, save_figure
+from .runner import RESULT, is_done, run_dir
+from .spec import (
+    PAPER_TABLE5,
+    PAPER_TABLE6,
+    PAPER_TABLE7,
+    TABLE5_KEYS,
+    TABLE6_ROWS,
+    ExperimentSpec,
+)
+
+
+def collect(spec: ExperimentSpec, folder: Path) -> list[dict]:
+    """The result of every finished run."""
+    results = []
+    for cell in spec.cells:
+        for seed in spec.seeds:
+            directory = run_dir(folder, cell, seed)
+            if is_done(directory):
+                results.append(json.loads((directory / RESULT).read_text()))
+    return results
+
+
+def summarize(values: list[float]) -> dict:
+    """mean, sample standard deviation (0 for one value) and count; None when empty."""
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def cell_summaries(spec: ExperimentSpec, results: list[dict]) -> dict[str, dict]:
+    """Per cell: test accuracy summary (and attacked accuracy for robustness)."""
+    summaries = {}
+    for cell in spec.cells:
+        mine = [r for r in results if r["cell"] == cell.key]
+        summary = {
+            "label": cell.label,
+            "test": summarize([r["test_accuracy"] for r in mine]),
+            "seeds_done": sorted(r["seed"] for r in mine),
+        }
+        if spec.attack_roll:
+            summary["attacked"] = summarize([r["test_attacked_accuracy"] for r in mine])
+        summaries[cell.key] = summary
+    return summaries
+
+
+def cell_text(summary: dict) -> str:
+    """ "37.8 ± 0.4 (5)" in percent; "-" before any seed has finished."""
+    if not summary["n"]:
+        return "-"
+    return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} ({summary['n']})"
+
+
+def _paper(values: tuple | None, index: int) -> str:
+    return "-" if values is None else f"{values[index]:.2f}"
+
+
+def ablation_tables(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
+    task = spec.task
+    lines = [
+        f"Table 5 (test accuracy %, mean ± std (seeds) on {task}):",
+        "",
+        f"| Model | {task} (ours) | {task} (paper) |",
+        "|---|---|---|",
+    ]
+    for index, key in enumerate(TABLE5_KEYS):
+        summary = summaries[key]
+        paper = _paper(PAPER_TABLE5.get(task), index)
+        lines.append(f"| {summary['label']} | {cell_text(summary['test'])} | {paper} |")
+    lines += ["", f"Table 6 (HST pooling, test accuracy % on {task}):", ""]
+    lines += [f"| Setting | {task} (ours) | {task} (paper) |", "|---|---|---|"]
+    for index, (label, key) in enumerate(TABLE6_ROWS):
+        paper = _paper(PAPER_TABLE6.get(task), index)
+        lines.append(f"| {label} | {cell_text(summaries[key]['test'])} | {paper} |")
+    return "\n".join(lines)
+
+
+def bottleneck_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
+    lines = [
+        f"Figure 3 ({spec.task}, test accuracy %, mean ± std (seeds)):",
+        "",
+        "| #global tokens | Sparse Transformer (no HST) | HST |",
+        "|---|---|---|",
+    ]
+    for count in spec.global_tokens:
+        st, hst = summaries[f"st-g{count}"]["test"], summaries[f"hst-g{count}"]["test"]
+        lines.append(f"| {count} | {cell_text(st)} | {cell_text(hst)} |")
+    return "\n".join(lines)
+
+
+def robustness_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
+    task, roll = spec.task, spec.attack_roll
+    lines = [
+        f"Table 7 ({task}; Adv = local tokens rolled by {roll}; test accuracy %):",
+        "",
+        f"| Model | {task} | {task} Adv | paper {task} | paper {task} Adv |",
+        "|---|---|---|---|---|",
+    ]
+    paper = PAPER_TABLE7.get(task)
+    for index, summary in enumerate(summaries.values()):
+        clean, attacked = cell_text(summary["test"]), cell_text(summary["attacked"])
+        theirs = ("-", "-") if paper is None else tuple(f"{v:.2f}" for v in paper[index])
+        lines.append(f"| {summary['label']} | {clean} | {attacked} | {theirs[0]} | {theirs[1]} |")
+    return "\n".join(lines)
+
+
+def plot_bottleneck(spec: ExperimentSpec, summaries: dict[str, dict], path: Path) -> Path | None:
+    """Accuracy vs global tokens, ST (blue) and HST (red), error bars = std over seeds."""
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(5, 4))
+    positions = list(range(len(spec.global_tokens)))
+    for prefix, label, color in (("st", "Sparse Transformer", "C0"), ("hst", "HST", "C3")):
+        points = [summaries[f"{prefix}-g{g}"]["test"] for g in spec.global_tokens]
+        shown = [(x, p) for x, p in zip(positions, points, strict=True) if p["n"]]
+        if shown:
+            axis.errorbar(
+                [x for x, _ in shown],
+                [p["mean"] for _, p in shown],
+                yerr=[p["std"] for _, p in shown],
+                color=color, marker="o", capsize=4, label=label,
+            )  # fmt: skip
+    axis.set_xticks(positions, [str(g) for g in spec.global_tokens])
+    axis.set_xlabel("#global tokens")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"{spec.task}: bottleneck (error bar = std over seeds)")
+    axis.grid(True, alpha=0.3)
+    if axis.get_lines():
+        axis.legend()
+    return save_figure(fig, path)
+
+
+def plot_bars(spec: ExperimentSpec, summaries: dict[str, dict], path: Path) -> Path | None:
+    """One bar per cell (mean test accuracy, std error bar); attacked bars beside them."""
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(max(5, 1.2 * len(summaries)), 4))
+    labels = [s["label"] for s in summaries.values()]
+    series = [("test", "clean")] + ([("attacked", "attacked")] if spec.attack_roll else [])
+    width = 0.8 / len(series)
+    for index, (field, name) in enumerate(series):
+        values = [s[field] for s in summaries.values()]
+        axis.bar(
+            [i + index * width for i in range(len(values))],
+            [v["mean"] or 0.0 for v in values],
+            width=width,
+            yerr=[v["std"] or 0.0 for v in values],
+            capsize=3,
+            label=name,
+        )
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(labels))], labels)
+    axis.tick_params(axis="x", labelrotation=30)
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"{spec.task}: {spec.kind}")
+    axis.legend()
+    return save_figure(fig, path)
+
+
+TABLES = {
+    "ablation": ablation_tables,
+    "bottleneck": bottleneck_table,
+    "robustness": robustness_table,
+}
+
+
+def write_report(spec: ExperimentSpec, folder: Path) -> str:
+    """(Re)write results.json, report.md and <kind>.png from the finished runs; returns the
+    table text."""
+    folder = Path(folder)
+    results = collect(spec, folder)
+    summaries = cell_summaries(spec, results)
+    table = TABLES[spec.kind](spec, summaries)
+    plot = plot_bottleneck if spec.kind == "bottleneck" else plot_bars
+    picture = plot(spec, summaries, folder / f"{spec.kind}.png")
+    total = len(spec.cells) * len(spec.seeds)
+    payload = {"experiment": spec.kind, "task": spec.task, "scale": spec.scale}
+    payload.update(runs_done=len(results), runs_total=total, cells=summaries, runs=results)
+    (folder / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    overrides = json.dumps(spec.overrides) if spec.overrides else "none"
+    report = [
+        f"# {spec.kind}: {spec.task} ({spec.scale} scale)",
+        "",
+        f"Runs finished: {len(results)} of {total} ({len(spec.cells)} cells x "
+        f"{len(spec.seeds)} seeds). Preset `{spec.preset}`, overrides: {overrides}.",
+        "",
+        table,
+        "",
+        f"![{spec.kind}]({picture.name})" if picture else "",
+        "",
+    ]
+    (folder / "report.md").write_text("\n".join(report))
+    return table

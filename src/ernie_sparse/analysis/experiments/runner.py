@@ -1,0 +1,248 @@
+"""Running an experiment's runs: one lock file per run, skip when done, resume, workers.
+
+A run (cell x seed) lives in ``runs/<cell>/seed-<s>/`` and is *done* when it
+holds ``model.safetensors`` (the loop's final weights) and ``result.json``
+(our test evaluation). Any number of processes may work on one experiment
+folder: each takes a run by creating ``seed-<s>.lock`` with O_CREAT | O_EXCL
+and skips runs another live process holds; a lock whose process has died
+(same host, pid gone) is taken over. A run that was killed resumes from its
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ...data.listops import generate_listops
+from ...training.cli import add_evaluate_arguments
+from ...training.config import RunConfig
+from ...training.loop import Run
+from .spec import Cell, ExperimentSpec
+
+RESULT = "result.json"
+FINAL_WEIGHTS = "model.safetensors"
+# Files the loop writes before its first checkpoint; a run killed then starts afresh.
+PARTIAL_FILES = ("metrics.jsonl", "config.yaml", "best.safetensors")
+
+
+def run_dir(folder: Path, cell: Cell, seed: int) -> Path:
+    return Path(folder) / "runs" / cell.key / f"seed-{seed}"
+
+
+def is_done(directory: Path) -> bool:
+    return (directory / FINAL_WEIGHTS).is_file() and (directory / RESULT).is_file()
+
+
+class RunLock:
+    """An exclusive lock file holding "pid host"; stale when that process is gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.owner = f"{os.getpid()} {socket.gethostname()} {time.time_ns()}"
+        self.held = False
+
+    def acquire(self) -> bool:
+        """True when the lock is ours now; False when a live process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._take_over_stale():
+                    return False
+                continue
+            with os.fdopen(handle, "w") as file:
+                file.write(self.owner + "\n")
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.held and self._read(self.path) == self.owner:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def _take_over_stale(self) -> bool:
+        """Remove the lock if its owner is dead. The lock is renamed away first (atomic), so
+        of two processes that both saw it stale only one removes it; the other, if it renamed
+        a fresh lock by mistake, puts it back."""
+        seen = self._read(self.path)
+        if seen is None or not _is_stale(seen, self.path):
+            return seen is None  # vanished meanwhile: try again
+        moved = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return True
+        if self._read(moved) != seen:  # a fresh lock taken meanwhile: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(moved, self.path)
+        moved.unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _read(path: Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+
+def _is_stale(owner: str, path: Path) -> bool:
+    parts = owner.split()
+    if len(parts) < 2 or not parts[0].isdigit():
+        # Created but not written yet (or garbage): stale once it has been so for a minute.
+        return time.time() - path.stat().st_mtime > 60
+    pid, host = int(parts[0]), parts[1]
+    if host != socket.gethostname():
+        return False  # another machine's process: we cannot tell, so never steal it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def check_same_config(directory: Path, config: RunConfig) -> None:
+    """Refuse to continue a run that was started with other settings."""
+    path = directory / "config.yaml"
+    if not (directory / "checkpoint.pt").is_file() or not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text())
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if saved != wanted:
+        changed = _differences(saved, wanted)
+        raise ValueError(
+            f"{directory} was started with other settings ({', '.join(changed[:5])}); "
+            "use another --out or delete that run"
+        )
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    found = []
+    for key in keys:
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found += _differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            found.append(f"{prefix}{key}: {left!r} -> {right!r}")
+    return found
+
+
+def run_one(
+    spec: ExperimentSpec, folder: Path, cell: Cell, seed: int, *, quiet: bool = True
+) -> str:
+    """Train and test one run unless it is done or busy: "done", "ran" or "busy"."""
+    directory = run_dir(folder, cell, seed)
+    if is_done(directory):
+        return "done"
+    lock = RunLock(directory.parent / f"seed-{seed}.lock")
+    if not lock.acquire():
+        return "busy"
+    try:
+        if is_done(directory):  # finished by another process since we looked
+            return "done"
+        config = spec.run_config(cell, seed)
+        check_same_config(directory, config)
+        resume = (directory / "checkpoint.pt").is_file()
+        if not resume:
+            for name in PARTIAL_FILES:
+                (directory / name).unlink(missing_ok=True)
+        started = time.perf_counter()
+        final = Run(config, directory, resume=resume, quiet=quiet).train()
+        seconds = time.perf_counter() - started
+        result = {
+            "cell": cell.key,
+            "label": cell.label,
+            "seed": seed,
+            "val_accuracy": final.get("val_accuracy"),
+            "test_accuracy": evaluate_test_accuracy(directory),
+            "seconds": round(seconds, 1),  # of the last session (a resumed run: its rest)
+            "resumed": resume,
+        }
+        if spec.attack_roll:
+            result["attack_roll"] = spec.attack_roll
+            result["test_attacked_accuracy"] = evaluate_test_accuracy(
+                directory, roll=spec.attack_roll
+            )
+        temporary = directory / f"{RESULT}.tmp"
+        temporary.write_text(json.dumps(result) + "\n")
+        temporary.replace(directory / RESULT)
+        return "ran"
+    finally:
+        lock.release()
+
+
+def evaluate_test_accuracy(directory: Path, *, roll: int | None = None) -> float:
+    """Test accuracy of the run's best weights (``ernie-sparse evaluate``), optionally under
+    the word-order-shift attack."""
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    argv = [str(directory), "--split", "test", *([f"--attack=roll={roll}"] if roll else [])]
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its JSON; we read the file
+        args.run(args)
+    suffix = f"-roll{roll}" if roll else ""
+    return json.loads((directory / f"eval-test{suffix}.json").read_text())["accuracy"]
+
+
+def work(spec: ExperimentSpec, folder: Path, *, quiet: bool = True, log=print) -> dict[str, int]:
+    """Every run of the experiment this process can take, seed by seed (so a partial
+    experiment has whole seeds). Returns how many runs were done / ran / busy."""
+    counts = {"done": 0, "ran": 0, "busy": 0}
+    for seed in spec.seeds:
+        for cell in spec.cells:
+            status = run_one(spec, folder, cell, seed, quiet=quiet)
+            counts[status] += 1
+            if status == "ran":
+                result = json.loads((run_dir(folder, cell, seed) / RESULT).read_text())
+                log(f"  {cell.label} seed {seed}: test accuracy {result['test_accuracy']:.4f}")
+            elif status == "busy":
+                log(f"  {cell.label} seed {seed}: running in another process, skipped")
+    return counts
+
+
+def spawn_workers(folder: Path, workers: int, *, quiet: bool = True) -> None:
+    """``workers`` processes of ``ernie-sparse experiment resume FOLDER`` sharing the CPU
+    cores (OMP_NUM_THREADS); they divide the runs among them through the lock files."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "ernie_sparse", "experiment", "resume", str(folder)]
+    command += ["--workers", "1", "--no-report", *(["--quiet"] if quiet else [])]
+    processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    failed = [p.args for p in processes if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {workers} workers failed; see their output above")
+
+
+def ensure_data(spec: ExperimentSpec, *, log=print) -> None:
+    """The task's data must exist; short ListOps is generated for the tiny scale."""
+    config = spec.run_config(spec.cells[0], spec.seeds[0])
+    data = Path(config.train.data)
+    if spec.task == "listops" and not (data / "basic_train.tsv").is_file():
+        if spec.scale != "tiny":
+            raise ValueError(
+                f"{data}: no ListOps data; make it with "
+                f"`ernie-sparse data listops --out {data}` or pass --data"
+            )
+        log(f"generating short ListOps expressions in {data}")
+        generate_listops(
+            data, num_train=2000, num_val=500, num_test=500, seed=0,
+            min_len=20, max_len=150, workers=2,
+        )  # fmt: skip
+    elif not data.exists():
+        raise ValueError(f"{data}: the {spec.task} data is missing; pass --data")

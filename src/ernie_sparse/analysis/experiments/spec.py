@@ -1,0 +1,201 @@
+"""What an experiment trains: its cells (model variants), seeds and shared settings.
+
+An experiment is data (``ExperimentSpec``), saved as ``experiment.json`` in its
+folder, so any process can pick up its unfinished runs. A *run* is one cell
+trained with one seed, in ``runs/<cell key>/seed-<s>/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...training.config import RunConfig, merge_values, preset_values, resolve
+
+KINDS = ("ablation", "bottleneck", "robustness")
+SEED_KEYS = ("train.seed", "model.pattern_seed")  # set per run from the experiment's seeds
+SCALES = ("tiny", "paper")
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str  # folder name under runs/, e.g. "0-ernie-sparse"
+    label: str  # as the paper's table names it, e.g. "#0 ERNIE-Sparse"
+    model: dict[str, Any]  # model-section overrides (a "preset" plus fields)
+
+
+@dataclass
+class ExperimentSpec:
+    kind: str  # ablation | bottleneck | robustness
+    task: str  # listops | text | retrieval | image | pathfinder
+    scale: str = "tiny"  # the preset size: configs/lra/<task>-<scale>.yaml
+    seeds: tuple[int, ...] = (0,)  # train.seed and model.pattern_seed of each run
+    cells: tuple[Cell, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)  # on top of preset + cell
+    attack_roll: int = 0  # robustness: the word-order-shift k (0 = no attacked evaluation)
+    global_tokens: tuple[int, ...] = ()  # bottleneck: the x axis
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"experiment kind must be one of {', '.join(KINDS)}; got {self.kind!r}"
+            )
+        if self.scale not in SCALES:
+            raise ValueError(f"--scale must be tiny or paper, got {self.scale!r}")
+        if not self.seeds:
+            raise ValueError("an experiment needs at least one seed")
+        keys = [cell.key for cell in self.cells]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"cell keys must be distinct, got {keys}")
+
+    @property
+    def preset(self) -> str:
+        return f"lra/{self.task}-{self.scale}"
+
+    def run_config(self, cell: Cell, seed: int) -> RunConfig:
+        """preset < the command line's overrides < the cell's model settings < the seed."""
+        given = set(_dotted(self.overrides, ""))
+        clashes = sorted(given & {*_dotted(cell.model, "model."), *SEED_KEYS})
+        if clashes:
+            raise ValueError(
+                f"override {', '.join(clashes)} would change what the {self.kind} experiment "
+                "varies across its runs (cells, or seeds: use --seeds); leave it out"
+            )
+        values = merge_values(preset_values(self.preset), self.overrides)
+        values = merge_values(values, {"model": cell.model})
+        seeded = {"train": {"seed": seed}, "model": {"pattern_seed": seed}}
+        return resolve(merge_values(values, seeded))
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / "experiment.json.tmp"
+        temporary.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        temporary.replace(folder / "experiment.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> ExperimentSpec:
+        path = Path(folder) / "experiment.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not an experiment folder (no experiment.json)")
+        values = json.loads(path.read_text())
+        values["cells"] = tuple(Cell(**cell) for cell in values["cells"])
+        values["seeds"] = tuple(values["seeds"])
+        values["global_tokens"] = tuple(values["global_tokens"])
+        return cls(**values)
+
+
+def _dotted(values: dict[str, Any], prefix: str) -> list[str]:
+    """{"hst": {"pooling": "max"}} -> ["hst.pooling"] (with ``prefix``)."""
+    keys = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            keys += _dotted(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+# --- the papers' experiments ---
+
+# ERNIE-Sparse Table 5 rows; Table 6's MEAN pooling is row #0 itself.
+ABLATION_CELLS = (
+    Cell("0-ernie-sparse", "#0 ERNIE-Sparse", {"preset": "ernie-sparse"}),
+    Cell("1-no-hst", "#1 w/o HST", {"preset": "ernie-sparse-no-hst"}),
+    Cell("2-no-saor", "#2 w/o SAOR", {"preset": "ernie-sparse-no-saor"}),
+    Cell("3-no-saor-ws-hst", "#3 w/o SAOR + ws in HST", {"preset": "ernie-sparse-ws-hst"}),
+    Cell("4-no-saor-rdrop", "#4 w/o SAOR + R-Drop", {"preset": "ernie-sparse-rdrop"}),
+    Cell("pool-max", "ERNIE-Sparse (MAX)", {"preset": "ernie-sparse", "hst": {"pooling": "max"}}),
+    Cell("pool-cls", "ERNIE-Sparse (CLS)", {"preset": "ernie-sparse", "hst": {"pooling": "cls"}}),
+)
+TABLE5_KEYS = ABLATION_CELLS[0].key, *(cell.key for cell in ABLATION_CELLS[1:5])
+TABLE6_ROWS = (  # (label, cell key)
+    ("ERNIE-Sparse (MEAN)", "0-ernie-sparse"),
+    ("ERNIE-Sparse (MAX)", "pool-max"),
+    ("ERNIE-Sparse (CLSg-Only)", "pool-cls"),
+)
+ROBUSTNESS_CELLS = (
+    Cell("ernie-sparse", "ERNIE-Sparse", {"preset": "ernie-sparse"}),
+    Cell("no-saor", "w/o SAOR", {"preset": "ernie-sparse-no-saor"}),
+)
+
+# The papers' numbers (test accuracy, %), shown beside ours in the reports.
+PAPER_TABLE5 = {
+    "listops": (37.75, 35.97, 37.36, 37.41, 37.68),
+    "text": (64.47, 63.25, 63.54, 62.55, 61.73),
+    "retrieval": (62.64, 62.24, 61.87, 60.32, 60.59),
+    "image": (45.28, 42.76, 42.77, 42.62, 43.48),
+    "pathfinder": (78.77, 78.79, 75.25, 76.55, 78.11),
+}
+PAPER_TABLE6 = {"image": (45.28, 46.51, 42.88), "retrieval": (62.64, 58.98, 60.03)}
+PAPER_TABLE7 = {  # (ERNIE-Sparse clean, adv), (w/o SAOR clean, adv)
+    "listops": ((37.40, 18.90), (37.30, 9.65)),
+    "text": ((63.14, 63.17), (62.54, 62.41)),
+    "retrieval": ((61.89, 61.80), (61.84, 61.52)),
+    "image": ((44.82, 42.78), (43.59, 40.12)),
+    "pathfinder": ((78.22, 67.29), (76.39, 51.00)),
+}
+
+
+def bottleneck_cells(global_tokens: tuple[int, ...]) -> tuple[Cell, ...]:
+    """Figure 3: Sparse Transformer (BigBird pattern, no HST) vs HST, SAOR off in both."""
+    if not global_tokens or any(g < 0 for g in global_tokens):
+        raise ValueError(f"--global-tokens needs non-negative counts, got {global_tokens}")
+    cells = []
+    for count in global_tokens:
+        cells.append(
+            Cell(f"st-g{count}", f"ST g={count}", {"preset": "bigbird", "num_global": count})
+        )
+        hst = {"preset": "ernie-sparse-no-saor", "num_global": count}
+        cells.append(Cell(f"hst-g{count}", f"HST g={count}", hst))
+    return tuple(cells)
+
+
+def make_spec(
+    kind: str,
+    task: str,
+    *,
+    scale: str = "tiny",
+    seeds: int = 1,
+    overrides: dict[str, Any] | None = None,
+    global_tokens: tuple[int, ...] | None = None,
+    attack_roll: int | None = None,
+) -> ExperimentSpec:
+    """The spec of one of the papers' experiments (``kind`` in KINDS) on ``task``.
+    ``global_tokens`` defaults to Figure 3's 2, 1 and 0 blocks (128, 64, 0 at block 64)."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if kind == "bottleneck" and global_tokens is None:
+        values = merge_values(preset_values(f"lra/{task}-{scale}"), overrides or {})
+        block = resolve(values).model.block_size
+        global_tokens = (2 * block, block, 0)
+    cells: tuple[Cell, ...] = ()
+    if kind == "ablation":
+        cells = ABLATION_CELLS
+    elif kind == "bottleneck":
+        cells = bottleneck_cells(tuple(global_tokens))
+    elif kind == "robustness":
+        cells = ROBUSTNESS_CELLS
+    spec = ExperimentSpec(
+        kind=kind,
+        task=task,
+        scale=scale,
+        seeds=tuple(range(seeds)),
+        cells=cells,
+        overrides=overrides or {},
+        global_tokens=tuple(global_tokens or ()) if kind == "bottleneck" else (),
+    )
+    if kind == "robustness":
+        # Section 5.2 rolls by SAOR's k unless told otherwise.
+        roll = attack_roll if attack_roll is not None else _saor_roll(spec)
+        if roll == 0:
+            raise ValueError("the word-order-shift attack needs a non-zero roll")
+        spec.attack_roll = roll
+    for cell in spec.cells:  # refuse a bad preset/override now, not after hours of training
+        spec.run_config(cell, spec.seeds[0])
+    return spec
+
+
+def _saor_roll(spec: ExperimentSpec) -> int:
+    return spec.run_config(spec.cells[0], spec.seeds[0]).model.saor.roll_tokens
