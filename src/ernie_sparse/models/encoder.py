@@ -317,16 +317,9 @@ class Encoder(nn.Module):
                     f"{tuple(input_ids.shape)}"
                 )
         mask = as_bool_mask(attention_mask, input_ids)
-        lengths = mask.sum(dim=1)
-        needed = config.num_global + 1 if config.hst.enabled else 1
-        short = (lengths < needed).nonzero().flatten()
-        if short.numel():
-            index = int(short[0])
-            why = f"more than num_global={config.num_global} (HST needs a local block)"
-            raise ValueError(
-                f"sequence {index} has {int(lengths[index])} real tokens; it needs at least "
-                f"{needed}" + (f": {why}" if config.hst.enabled else "")
-            )
+        empty = (mask.sum(dim=1) == 0).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(f"sequence {int(empty[0])} has no real token (attention_mask)")
         return mask
 
 

@@ -28,7 +28,7 @@ class SequencePlan:
     block_size: int  # positions per attention block
     num_global: int  # g leading input tokens that are global
     global_blocks: int  # G = ceil(g / block_size)
-    local_blocks: int  # m = ceil((n - g) / tokens per block)
+    local_blocks: int  # m = ceil((n - g) / tokens per block), at least 1 with HST
     tokens_per_block: int  # input tokens per local block
     num_blocks: int  # G + m, rounded up to the pattern's block multiple (empty blocks)
     token_positions: torch.Tensor  # [n] internal position of input token i
@@ -59,7 +59,9 @@ def plan_sequence(
     num_global = min(num_global, input_len)
     global_blocks = math.ceil(num_global / block_size)
     local_len = input_len - num_global
-    local_blocks = math.ceil(local_len / per_block)
+    # With HST a document of global tokens only still gets one (empty) local block: its
+    # representative is what mean / max pooling read.
+    local_blocks = max(math.ceil(local_len / per_block), int(hst))
     local_index = torch.arange(local_len)
     block, offset = local_index // per_block, local_index % per_block
     local_positions = (global_blocks + block) * block_size + offset + int(hst)
@@ -79,12 +81,15 @@ def plan_sequence(
 
 
 def representative_mask(plan: SequencePlan, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, m] True where a local block holds at least one real token."""
+    """[B, m] True where a local block holds at least one real token, and always for the
+    first block (a document no longer than its global tokens keeps one representative)."""
     batch = attention_mask.shape[0]
     local = attention_mask[:, plan.num_global :]  # [B, n - g]
     padded_len = plan.local_blocks * plan.tokens_per_block
     local = torch.nn.functional.pad(local, (0, padded_len - local.shape[1]), value=False)
-    return local.view(batch, plan.local_blocks, plan.tokens_per_block).any(dim=-1)
+    mask = local.view(batch, plan.local_blocks, plan.tokens_per_block).any(dim=-1)
+    mask[:, :1] = True
+    return mask
 
 
 def internal_key_mask(
