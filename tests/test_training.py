@@ -291,3 +291,25 @@ def test_exponent_floats_on_the_command_line_are_floats() -> None:
     assert (config.train.lr, config.train.weight_decay) == (1e-4, 2e-2)
     with pytest.raises(TypeError, match=r"train\.lr must be float, got str 'fast'"):
         resolve({**values, "train": {**values["train"], "lr": "fast"}})
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode() -> None:
+    import torch
+
+    from ernie_sparse.models.heads import TaskOutput
+    from ernie_sparse.training.distributed import World
+    from ernie_sparse.training.evaluation import evaluate_accuracy
+
+    modes: list[bool] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, labels):
+            modes.append(self.training)
+            logits = torch.zeros(len(labels), 2)
+            return TaskOutput(logits, torch.tensor(0.7), None)
+
+    data = [{"input_ids": torch.tensor([1, 2]), "labels": 0} for _ in range(5)]
+    model = Recorder().train()
+    metrics = evaluate_accuracy(model, data, batch_size=2, world=World())
+    assert modes == [False] * 3 and model.training
+    assert metrics == {"accuracy": 1.0, "loss": pytest.approx(0.7), "examples": 5}

@@ -6,6 +6,7 @@ processes, so the figures do not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -53,6 +54,23 @@ def batches(
         yield indices, {key: value.to(world.device) for key, value in batch.items()}
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; its own mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def eval_batches(model: nn.Module, dataset: Dataset, **options) -> Iterator:
+    """``batches(dataset, **options)`` with ``model`` in eval mode meanwhile."""
+    with eval_mode(model):
+        yield from batches(dataset, **options)
+
+
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module,
@@ -65,10 +83,9 @@ def evaluate_accuracy(
     transform: Transform | None = None,
 ) -> dict[str, float]:
     """{"accuracy", "loss", "examples"} of a classifier over the dataset."""
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # correct, summed loss, examples
-    for _, batch in batches(
+    for _, batch in eval_batches(
+        model,
         dataset,
         batch_size=batch_size,
         world=world,
@@ -81,7 +98,6 @@ def evaluate_accuracy(
         totals[0] += float((out.logits.argmax(-1) == labels).sum())
         totals[1] += float(out.loss) * len(labels)
         totals[2] += len(labels)
-    model.train(was_training)
     correct, loss, count = all_sum(totals, world).tolist()
     if count == 0:
         raise ValueError("evaluation saw no examples (empty split)")

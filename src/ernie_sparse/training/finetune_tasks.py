@@ -43,7 +43,7 @@ from ..models.heads import (
 )
 from .config import TrainConfig
 from .distributed import World, all_sum
-from .evaluation import EVAL_SEED, Transform, batches, evaluate_accuracy
+from .evaluation import EVAL_SEED, Transform, eval_batches, eval_mode, evaluate_accuracy
 from .tasks import Task, data_root, register_task
 
 
@@ -115,10 +115,9 @@ def evaluate_mlm(
     where a token covers the text from its start to the next token's start (data.corpus).
     Masks come from the fixed evaluation generator, so every evaluation sees the same.
     """
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # summed NLL, masked tokens, chars, examples
-    for indices, batch in batches(
+    for indices, batch in eval_batches(
+        model,
         dataset,
         batch_size=batch_size,
         world=world,
@@ -135,7 +134,6 @@ def evaluate_mlm(
         totals[1] += int(chosen.sum())
         totals[2] += int(chars.to(chosen.device)[chosen].sum())
         totals[3] += len(indices)
-    model.train(was_training)
     nll, tokens, chars, examples = all_sum(totals, world).tolist()
     if tokens == 0 or chars == 0:
         raise ValueError("evaluation masked no tokens (empty split?)")
@@ -160,17 +158,14 @@ def _read_classification(train: TrainConfig, split: str):
 @torch.no_grad()
 def evaluate_classification(model: nn.Module, dataset, *, world: World, **options) -> dict:
     """accuracy, micro-F1, macro-F1 and loss (data.qa_metrics.classification_scores)."""
-    was_training = model.training
-    model.eval()
     classes = dataset.info.num_labels
     confusion = torch.zeros(classes, classes, dtype=torch.float64)  # [true, predicted]
     loss = torch.zeros(1, dtype=torch.float64)
-    for _, batch in batches(dataset, world=world, **options):
+    for _, batch in eval_batches(model, dataset, world=world, **options):
         out = model(**batch)
         pairs = batch["labels"] * classes + out.logits.argmax(-1)
         confusion += torch.bincount(pairs.cpu(), minlength=classes * classes).view(classes, -1)
         loss += float(out.loss) * len(pairs)
-    model.train(was_training)
     confusion, loss = all_sum(confusion, world), all_sum(loss, world)
     scores = classification_scores(confusion.tolist())
     count = float(confusion.sum())
@@ -262,31 +257,29 @@ def evaluate_span_qa(
     """TriviaQA F1 and EM (SQuAD definitions, fractions in [0, 1], mean over questions)
     with answers merged across each question's windows; loss is the mean over windows.
     Each process scores its share of the questions."""
-    was_training = model.training
-    model.eval()
     questions = range(len(dataset.questions))
     if max_batches:
         questions = questions[: max_batches * batch_size]
     mine = list(questions)[world.rank :: world.size]
     totals = torch.zeros(5, dtype=torch.float64)  # EM, F1, questions, summed loss, windows
     max_tokens = dataset.max_answer_tokens
-    for start in range(0, len(mine), batch_size):
-        group = mine[start : start + batch_size]
-        windows = [w for q in group for w in dataset.questions[q].windows]
-        logits: dict[int, torch.Tensor] = {}
-        for chunk in range(0, len(windows), batch_size):
-            indices = windows[chunk : chunk + batch_size]
-            batch = collate([dataset[i] for i in indices], torch.Generator())
-            batch = transform(batch) if transform is not None else batch
-            out = model(**{k: v.to(world.device) for k, v in batch.items()})
-            logits.update(zip(indices, out.logits.cpu(), strict=True))
-            totals[3] += float(out.loss) * len(indices)
-            totals[4] += len(indices)
-        for q in group:
-            answer = merge_windows(dataset, q, logits, max_tokens)
-            em, f1 = best_over_golds(answer, dataset.questions[q].answers)
-            totals[:3] += torch.tensor([em, f1, 1.0], dtype=torch.float64)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(mine), batch_size):
+            group = mine[start : start + batch_size]
+            windows = [w for q in group for w in dataset.questions[q].windows]
+            logits: dict[int, torch.Tensor] = {}
+            for chunk in range(0, len(windows), batch_size):
+                indices = windows[chunk : chunk + batch_size]
+                batch = collate([dataset[i] for i in indices], torch.Generator())
+                batch = transform(batch) if transform is not None else batch
+                out = model(**{k: v.to(world.device) for k, v in batch.items()})
+                logits.update(zip(indices, out.logits.cpu(), strict=True))
+                totals[3] += float(out.loss) * len(indices)
+                totals[4] += len(indices)
+            for q in group:
+                answer = merge_windows(dataset, q, logits, max_tokens)
+                em, f1 = best_over_golds(answer, dataset.questions[q].answers)
+                totals[:3] += torch.tensor([em, f1, 1.0], dtype=torch.float64)
     em, f1, count, loss, windows = all_sum(totals, world).tolist()
     if count == 0:
         raise ValueError("evaluation saw no questions (empty split)")

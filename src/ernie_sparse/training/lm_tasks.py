@@ -29,7 +29,7 @@ from ..models.causal import lm_labels, token_nll_sum
 from ..models.heads import IGNORE_INDEX
 from .config import TrainConfig
 from .distributed import World, all_sum
-from .evaluation import Collate, Transform, batches
+from .evaluation import Collate, Transform, eval_batches
 from .tasks import Task, check_split, data_root, register_task
 
 
@@ -57,10 +57,9 @@ def evaluate_lm(
 ) -> dict[str, float]:
     """{"loss" (nats per token), ``metric`` (bits per token), "examples", "tokens"},
     averaged over tokens, not over batches."""
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # summed NLL (nats), tokens, examples
-    for indices, batch in batches(
+    for indices, batch in eval_batches(
+        model,
         dataset,
         batch_size=batch_size,
         world=world,
@@ -71,7 +70,6 @@ def evaluate_lm(
         out = model(**batch)
         nll, count = token_nll_sum(out.logits, lm_labels(batch["labels"], batch["attention_mask"]))
         totals += torch.tensor([nll, count, len(indices)], dtype=torch.float64)
-    model.train(was_training)
     nll, tokens, examples = all_sum(totals, world).tolist()
     if tokens == 0:
         raise ValueError("evaluation scored no tokens (empty split)")
