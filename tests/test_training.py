@@ -313,3 +313,15 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode() -> None:
     metrics = evaluate_accuracy(model, data, batch_size=2, world=World())
     assert modes == [False] * 3 and model.training
     assert metrics == {"accuracy": 1.0, "loss": pytest.approx(0.7), "examples": 5}
+
+
+def test_demo_runs_end_to_end_at_a_few_steps(tmp_path) -> None:
+    out = tmp_path / "demo"
+    options = ["--max-steps", "3", "--num-train", "60", "--num-eval", "20"]
+    assert main(["demo", "--out", str(out), *options]) == 0
+    report = (out / "report.md").read_text()
+    assert "| ernie-sparse |" in report and "| bigbird |" in report
+    assert (out / "curves.png").is_file()
+    for name in ("ernie-sparse", "bigbird"):
+        result = json.loads((out / name / "demo-result.json").read_text())
+        assert 0.0 <= result["test"] <= 1.0 and 0.0 <= result["val_best"] <= 1.0

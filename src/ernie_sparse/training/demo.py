@@ -28,12 +28,14 @@ MODELS = {  # name -> model overrides of the tiny ListOps preset
 }
 
 
-def run_demo(out: Path, *, max_steps: int, num_train: int, seed: int, attack_roll: int) -> str:
+def run_demo(
+    out: Path, *, max_steps: int, num_train: int, num_eval: int = 500, seed: int, attack_roll: int
+) -> str:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "listops"
     if not (data / "basic_test.tsv").is_file():
         generate_listops(
-            data, num_train=num_train, num_val=500, num_test=500, seed=seed,
+            data, num_train=num_train, num_val=num_eval, num_test=num_eval, seed=seed,
             min_len=20, max_len=150, workers=2,
         )  # fmt: skip
     rows = []
@@ -103,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument("--num-train", type=int, default=8000)
+    parser.add_argument("--num-eval", type=int, default=500, help="validation and test trees")
     parser.add_argument("--attack-roll", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         max_steps=args.max_steps,
         num_train=args.num_train,
+        num_eval=args.num_eval,
         seed=args.seed,
         attack_roll=args.attack_roll,
     )
