@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ernie_sparse.analysis.experiments import RunLock, make_spec, run_dir, run_one
-from ernie_sparse.analysis.experiments.report import summarize
+from ernie_sparse.analysis.experiments.report import cell_text, summarize
 from ernie_sparse.cli import main
 from ernie_sparse.data.listops import generate_listops
 
@@ -122,6 +122,9 @@ def test_summary_statistics() -> None:
     assert summarize([]) == {"mean": None, "std": None, "n": 0}
     assert summarize([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
     assert summarize([0.2, 0.4]) == pytest.approx({"mean": 0.3, "std": 0.1414213, "n": 2})
+    assert cell_text(summarize([0.376])) == "37.60 (1)"  # one seed: no spread shown
+    assert cell_text(summarize([0.2, 0.4])) == "30.00 ± 14.14 (2)"
+    assert cell_text(summarize([])) == "-"
 
 
 def test_killed_robustness_experiment_resumes_its_run(tmp_path, listops_dir):

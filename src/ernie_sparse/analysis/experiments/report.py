@@ -54,9 +54,12 @@ def cell_summaries(spec: ExperimentSpec, results: list[dict]) -> dict[str, dict]
 
 
 def cell_text(summary: dict) -> str:
-    """ "37.8 ± 0.4 (5)" in percent; "-" before any seed has finished."""
+    """ "37.8 ± 0.4 (5)" in percent; "37.8 (1)" for one seed (no spread to show yet);
+    "-" before any seed has finished."""
     if not summary["n"]:
         return "-"
+    if summary["n"] == 1:
+        return f"{100 * summary['mean']:.2f} (1)"
     return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} ({summary['n']})"
 
 
