@@ -16,7 +16,8 @@ import yaml
 
 from ernie_sparse.cli import main
 from ernie_sparse.data.listops import generate_listops
-from ernie_sparse.training.config import parse_overrides, preset_values, resolve
+from ernie_sparse.models.config import parse_overrides
+from ernie_sparse.training.config import preset_values, resolve
 from ernie_sparse.training.schedule import lr_factor
 
 # --- schedules and presets ---

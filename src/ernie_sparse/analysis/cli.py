@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ..bench.common import int_list
-from ..training.config import merge_values, parse_overrides
+from ..models.config import parse_overrides
+from ..training.config import merge_values
 from .experiments import ExperimentSpec, make_spec, spawn_workers, work, write_report
 from .experiments.runner import ensure_data
 from .experiments.spec import SCALES

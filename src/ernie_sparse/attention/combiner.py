@@ -56,6 +56,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .validation import check_key_padding_mask, check_qkv
+
 COMBINER_VARIANTS = (
     "fixed",
     "logsparse",
@@ -87,32 +89,9 @@ def _check_inputs(
 ) -> None:
     if variant not in COMBINER_VARIANTS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {COMBINER_VARIANTS}")
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
-            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
-            raise ValueError(f"{name} must be a 4-d tensor [B, H, N, D], got {shape}")
-        if not tensor.is_floating_point():
-            raise ValueError(f"{name} must be a floating point tensor, got {tensor.dtype}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"q, k, v must have the same shape [B, H, N, D], got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv(q, k, v)
     batch, heads, seq_len, _ = q.shape
-    if seq_len == 0:
-        raise ValueError("q, k, v have sequence length 0")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            raise ValueError("key_padding_mask must be a bool tensor [B, N] (True = real token)")
-        if tuple(key_padding_mask.shape) != (batch, seq_len):
-            raise ValueError(
-                f"key_padding_mask must have shape [B, N] = {(batch, seq_len)}, "
-                f"got {tuple(key_padding_mask.shape)}"
-            )
+    check_key_padding_mask(key_padding_mask, batch=batch, seq_len=seq_len)
     if span is not None and (isinstance(span, bool) or not isinstance(span, int) or span < 1):
         raise ValueError(f"span must be a positive integer, got {span!r}")
     if variant == "logsparse" and span is not None and span & (span - 1):

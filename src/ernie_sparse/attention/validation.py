@@ -17,17 +17,8 @@ def check_layout(layout: torch.Tensor) -> None:
         raise ValueError(f"layout must have shape [H or 1, nb, nb], got {tuple(layout.shape)}")
 
 
-def check_attention_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: torch.Tensor,
-    *,
-    block_size: int,
-    key_padding_mask: torch.Tensor | None,
-    dropout_p: float,
-) -> None:
-    """Refuse shape, dtype and device mismatches before any work is done."""
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q, k, v: 4-d [B, H, N, D] floating tensors of one shape, dtype and device, N > 0."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
@@ -43,13 +34,40 @@ def check_attention_inputs(
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.shape[2] == 0:
+        raise ValueError("q, k, v have sequence length 0")
+
+
+def check_key_padding_mask(mask: torch.Tensor | None, *, batch: int, seq_len: int) -> None:
+    """None, or a bool [B, N] tensor (True = real token)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"key_padding_mask must be bool (True = real token), got {got}")
+    if tuple(mask.shape) != (batch, seq_len):
+        raise ValueError(
+            f"key_padding_mask must have shape [B, N] = {(batch, seq_len)}, got {tuple(mask.shape)}"
+        )
+
+
+def check_attention_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: torch.Tensor,
+    *,
+    block_size: int,
+    key_padding_mask: torch.Tensor | None,
+    dropout_p: float,
+) -> None:
+    """Refuse shape, dtype and device mismatches before any work is done."""
+    check_qkv(q, k, v)
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     batch, heads, seq_len, _ = q.shape
-    if seq_len == 0:
-        raise ValueError("q, k, v have sequence length 0")
     check_layout(layout)
     num_blocks = math.ceil(seq_len / block_size)
     if layout.shape[1] != num_blocks:
@@ -59,13 +77,4 @@ def check_attention_inputs(
         )
     if layout.shape[0] not in (1, heads):
         raise ValueError(f"layout has {layout.shape[0]} heads; q has {heads} (use 1 or {heads})")
-    if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool:
-            raise TypeError(
-                f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}"
-            )
-        if tuple(key_padding_mask.shape) != (batch, seq_len):
-            raise ValueError(
-                f"key_padding_mask must have shape [B, N] = {(batch, seq_len)}, "
-                f"got {tuple(key_padding_mask.shape)}"
-            )
+    check_key_padding_mask(key_padding_mask, batch=batch, seq_len=seq_len)

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import yaml
+
 from ..attention.combiner import COMBINER_VARIANTS
 from ..attention.dispatch import BACKENDS
 from ..patterns.blockbert import parse_head_split
@@ -309,3 +311,18 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 def _check_positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "hst.pooling=max"]`` -> a nested dict; values are read as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+        *parents, leaf = key.split(".")
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(text)
+    return nested

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from .config import ModelConfig
+from .config import ModelConfig, parse_overrides
 from .encoder import Encoder
 from .presets import PRESETS, preset
 from .pretrained import (
@@ -135,21 +134,6 @@ def pattern_overrides(name: str, *, block_size: int, num_heads: int) -> dict[str
     sizes = {"vocab_size": 1, "hidden_size": num_heads, "num_heads": num_heads}
     values = preset(name, block_size=block_size, **sizes).to_dict()
     return {"block_size": block_size, **{key: values[key] for key in PRESETS[name]}}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["dropout=0.0", "hst.pooling=max"]`` -> ``{"dropout": 0.0, "hst": {"pooling": "max"}}``."""
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. dropout=0.0)")
-        *parents, leaf = key.split(".")
-        target = result
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(text)
-    return result
 
 
 def describe(

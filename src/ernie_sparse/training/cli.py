@@ -10,7 +10,8 @@ import yaml
 from safetensors.torch import load_file
 
 from ..analysis import WordOrderShift
-from .config import RunConfig, merge_values, parse_overrides, preset_values, resolve
+from ..models.config import parse_overrides
+from .config import RunConfig, merge_values, preset_values, resolve
 from .distributed import init_world
 from .loop import Run
 from .tasks import get_task

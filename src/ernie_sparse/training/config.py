@@ -127,21 +127,6 @@ def merge_values(base: dict, top: dict) -> dict:
     return merged
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=0.1", "model.hst.pooling=max"]`` -> nested dict; values are YAML."""
-    nested: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
-        *parents, leaf = key.split(".")
-        target = nested
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(text)
-    return nested
-
-
 def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConfig:
     """Preset values (+ overrides) -> RunConfig; the model section is ``preset`` + fields."""
     model_values = dict(values.get("model", {}))

@@ -23,8 +23,9 @@ from torch import nn
 from ..data.corpus import find_text_files, train_tokenizer
 from ..data.tokenize import Subword
 from ..models import MaskedLM, ModelConfig, preset
+from ..models.config import parse_overrides
 from ..models.presets import PRESETS
-from .config import RunConfig, merge_values, parse_overrides, preset_values, resolve
+from .config import RunConfig, merge_values, preset_values, resolve
 
 log = logging.getLogger("ernie_sparse.training")
 DEFAULT_CONFIG = "pretrain/mlm-tiny"  # from scratch
