@@ -156,10 +156,12 @@ def test_hierarchical_attention_equals_direct_computation(generator) -> None:
     config = small_config(hst={"enabled": True}, num_layers=1)
     sublayer = Encoder(config).layers[0].hierarchical
     hidden = torch.randn(2, 20, 16, generator=generator)
+    plan = plan_sequence(15, block_size=4, num_global=0, hst=True)  # 5 blocks of 1 + 3
     positions = torch.tensor([0, 4, 8, 12, 16])
+    assert torch.equal(plan.representative_positions, positions)
     rep_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     got = hierarchical_attention(
-        hidden, sublayer, positions=positions, representative_mask=rep_mask, dropout_p=0.0
+        hidden, sublayer, plan=plan, representative_mask=rep_mask, dropout_p=0.0
     )
     want = hidden.clone()
     weight, bias = sublayer.query_key_value.weight, sublayer.query_key_value.bias

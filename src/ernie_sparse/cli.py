@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="generate, read and describe task data")
     kinds = data.add_subparsers(dest="data_kind", required=True, metavar="KIND")
-    from .data import info, listops, pathfinder
+    from .data import info, listops, pathfinder, probes
 
     listops.add_arguments(kinds.add_parser("listops", help="generate LRA ListOps TSV files"))
     pathfinder.add_arguments(kinds.add_parser("pathfinder", help="generate LRA Pathfinder images"))
+    probe_help = "generate long-range probe tasks (copy-far, match, majority)"
+    probes.add_arguments(kinds.add_parser("probe", help=probe_help))
     info.add_arguments(kinds.add_parser("info", help="counts, lengths and labels of a dataset"))
 
 

@@ -1,6 +1,6 @@
 """``ernie-sparse data info PATH``: what a data folder holds, per split.
 
-Recognizes the layouts the readers take (ListOps TSVs, a Pathfinder release,
+Recognizes the layouts the readers take (ListOps TSVs, a probe folder, a Pathfinder release,
 ``aclImdb``, AAN pair files, CIFAR-10 batches, Fashion-MNIST IDX files, a
 Text TSV/JSONL file, a folder of label subfolders) and prints counts, length
 percentiles (50/90/95/max, before truncation, as ERNIE-Sparse Table 10), label
@@ -23,7 +23,7 @@ Loader = Callable[[], TokenDataset]
 
 def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
     """(kind, split name -> loader) for the data at ``path``."""
-    from . import documents, images, listops, lra, pathfinder
+    from . import documents, images, listops, lra, pathfinder, probes
 
     if path.is_file():
         if path.name.startswith("new_aan_pairs"):
@@ -33,6 +33,11 @@ def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
         raise ValueError(f"{path}: not a data file this tool reads (.tsv, .jsonl)")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if (path / probes.PARAMETERS_FILE).is_file():
+        names = [s for s in probes.SPLITS if (path / f"{s}.tsv").is_file()]
+        return f"probe ({probes.read_spec(path).kind})", {
+            s: (lambda s=s: probes.read_probe(path, s, skip_bad=skip_bad)) for s in names
+        }
     if any(path.glob("basic_*.tsv")):
         names = [s for s in ("train", "val", "test") if (path / f"basic_{s}.tsv").is_file()]
         return "listops", {

@@ -23,6 +23,9 @@ from ..patterns.blockbert import parse_head_split
 from ..patterns.registry import PATTERNS, pattern_parameters
 
 POOLINGS = ("mean", "max", "cls")
+HST_DISTRIBUTE = ("representative", "block")
+HST_POSITIONS = ("none", "block")
+HST_INITS = ("random", "sparse")
 SAOR_MODES = ("roll", "dropout")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 LAYER_NORMS = ("post", "pre")
@@ -36,9 +39,21 @@ class HSTConfig:
     enabled: bool = False  # insert a representative token per local block + hierarchical attention
     shared_weights: bool = False  # hierarchical attention reuses the sparse layer's (Table 5 #3)
     pooling: Literal["mean", "max", "cls"] = "mean"  # over representatives, or the first token
+    distribute: Literal["representative", "block"] = "representative"  # who gets the update back
+    position: Literal["none", "block"] = "none"  # block: + position embedding of its first token
+    init: Literal["random", "sparse"] = "random"  # sparse: start as a copy of the layer's weights
+    feed_forward: bool = False  # a feed-forward sublayer on the representatives after it
 
     def __post_init__(self) -> None:
         _check_choice("hst.pooling", self.pooling, POOLINGS)
+        _check_choice("hst.distribute", self.distribute, HST_DISTRIBUTE)
+        _check_choice("hst.position", self.position, HST_POSITIONS)
+        _check_choice("hst.init", self.init, HST_INITS)
+        if self.init == "sparse" and self.shared_weights:
+            raise ValueError(
+                "hst.init='sparse' copies the sparse layer's weights; with hst.shared_weights "
+                "they are the same weights already"
+            )
 
 
 @dataclass
@@ -77,7 +92,7 @@ class ModelConfig:
     pattern_params: dict[str, Any] = field(default_factory=dict)  # the family's own parameters
     block_size: int = 64  # attention block, in positions (with HST: 1 representative + 63 tokens)
     num_global: int = 0  # leading input tokens that see all and are seen by all
-    pattern_seed: int = 0  # seeds random blocks; layer l draws with seed + l
+    pattern_seed: int = 0  # seeds random blocks; layer l draws with seed * 2**20 + l
     resample_pattern: bool = False  # draw new random blocks every training forward
     attention_backend: str = "auto"  # auto | blocked | flex | reference (ernie_sparse.attention)
     attention: Literal["sparse", "combiner"] = "sparse"  # block-sparse layout, or Combiner's

@@ -46,6 +46,7 @@ class Embeddings(nn.Module):
         )
         # E(r): one learned vector shared by every representative token.
         self.representative = nn.Parameter(torch.zeros(width)) if config.hst.enabled else None
+        self.block_positions = config.hst.enabled and config.hst.position == "block"
         self.norm = (
             nn.LayerNorm(width, eps=config.layer_norm_eps)
             if config.layer_norm == "post"
@@ -72,8 +73,16 @@ class Embeddings(nn.Module):
         if self.representative is not None:
             rep_positions = plan.representative_positions.to(hidden.device)
             reps = self.representative.to(hidden.dtype).expand(batch, len(rep_positions), -1)
+            if self.block_positions:
+                reps = reps + self.position(self._first_token_positions(plan, input_ids.device))
             hidden = hidden.index_copy(1, rep_positions, reps)
         return self.dropout(self.norm(hidden))
+
+    def _first_token_positions(self, plan: SequencePlan, device: torch.device) -> torch.Tensor:
+        """[m] position ids of each local block's first input token (the last input
+        token's for a block with none, which only a document of global tokens has)."""
+        first = plan.num_global + torch.arange(plan.local_blocks) * plan.tokens_per_block
+        return first.clamp_max(plan.input_len - 1).to(device) + self.position_offset
 
 
 class EncoderLayer(nn.Module):
@@ -86,6 +95,8 @@ class EncoderLayer(nn.Module):
         self.has_hierarchical = hierarchical
         own_weights = hierarchical and not config.hst.shared_weights
         self.hierarchical = AttentionSublayer(config) if own_weights else None
+        with_feed_forward = hierarchical and config.hst.feed_forward
+        self.hierarchical_feed_forward = FeedForwardSublayer(config) if with_feed_forward else None
 
     def hierarchical_sublayer(self) -> AttentionSublayer:
         """The hierarchical attention's weights: its own, or the sparse layer's (shared)."""
@@ -95,10 +106,13 @@ class EncoderLayer(nn.Module):
 class PatternLayouts:
     """The per-layer block layouts of the configured pattern.
 
-    Random blocks are drawn with ``pattern_seed + layer`` and kept per shape (the
-    same in training and evaluation). With ``resample_pattern`` each training
-    forward draws new ones from ``self.generator`` (checkpoint its state to resume).
+    Random blocks of layer l are drawn with seed ``pattern_seed * 2**20 + l`` (distinct
+    for every (pattern_seed, layer) pair) and kept per shape (the same in training and
+    evaluation). With ``resample_pattern`` each training forward draws new ones from
+    ``self.generator`` (checkpoint its state to resume).
     """
+
+    LAYERS_PER_SEED = 2**20
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -113,12 +127,22 @@ class PatternLayouts:
         key = (plan.num_blocks, plan.global_blocks)
         if key not in self._frozen:
             if self.random:
-                seeds = [self.config.pattern_seed + layer for layer in range(count)]
+                seeds = [self.layer_seed(self.config.pattern_seed, layer) for layer in range(count)]
                 layouts = [self._build(plan, torch.Generator().manual_seed(s)) for s in seeds]
             else:
                 layouts = [self._build(plan, None)] * count
             self._frozen[key] = layouts
         return self._frozen[key]
+
+    @staticmethod
+    def layer_seed(pattern_seed: int, layer: int) -> int:
+        """The torch seed of one layer's random blocks: distinct for every (seed, layer)."""
+        if not 0 <= layer < PatternLayouts.LAYERS_PER_SEED:
+            raise ValueError(f"layer must be in [0, {PatternLayouts.LAYERS_PER_SEED}), got {layer}")
+        seed = pattern_seed * PatternLayouts.LAYERS_PER_SEED + layer
+        if not -(2**63) <= seed < 2**63:
+            raise ValueError(f"pattern_seed={pattern_seed} is too large for per-layer seeds")
+        return seed
 
     def _build(self, plan: SequencePlan, generator: torch.Generator | None) -> torch.Tensor:
         config = self.config
@@ -171,6 +195,15 @@ class Encoder(nn.Module):
         # Recompute each sparse layer in backward instead of keeping its activations.
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
+        if config.hst.init == "sparse":
+            self.warm_start_hierarchical()
+
+    def warm_start_hierarchical(self) -> None:
+        """Each hierarchical attention starts as a copy of its layer's sparse attention
+        (ERNIE-Sparse section 3.2's warm start; the weights train apart)."""
+        for layer in self.layers:
+            if layer.hierarchical is not None:
+                layer.hierarchical.load_state_dict(layer.attention.state_dict())
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -221,13 +254,7 @@ class Encoder(nn.Module):
             else:
                 hidden = self._sparse_layer(layer, hidden, layout, sparse_key_mask)
             if layer.has_hierarchical:
-                hidden = hierarchical_attention(
-                    hidden,
-                    layer.hierarchical_sublayer(),
-                    positions=plan.representative_positions.to(device),
-                    representative_mask=rep_mask,
-                    dropout_p=self._attention_dropout(),
-                )
+                hidden = self._hierarchical_layer(layer, hidden, plan, rep_mask)
         hidden = self.final_norm(hidden)
         tokens = hidden.index_select(1, plan.token_positions.to(device))  # [B, n, d]
         reps = None
@@ -238,6 +265,27 @@ class Encoder(nn.Module):
         else:
             pooled = pool(tokens, attention_mask, self.config.hst.pooling)
         return EncoderOutput(tokens, attention_mask, pooled, reps, rep_mask)
+
+    def _hierarchical_layer(
+        self,
+        layer: EncoderLayer,
+        hidden: torch.Tensor,
+        plan: SequencePlan,
+        rep_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        hidden = hierarchical_attention(
+            hidden,
+            layer.hierarchical_sublayer(),
+            plan=plan,
+            representative_mask=rep_mask,
+            dropout_p=self._attention_dropout(),
+            distribute=self.config.hst.distribute,
+        )
+        if layer.hierarchical_feed_forward is None:
+            return hidden
+        positions = plan.representative_positions.to(hidden.device)
+        reps = layer.hierarchical_feed_forward(hidden.index_select(1, positions))  # [B, m, d]
+        return hidden.index_copy(1, positions, reps)
 
     def _layouts(self, plan: SequencePlan) -> list[torch.Tensor | None]:
         """One block layout per layer; none where the attention takes no layout."""

@@ -2,7 +2,8 @@
 
 After a sparse layer, the representative states R_s = (r_1 .. r_m) are taken out
 of the sequence, pass through a residual multi-head dense attention
-(R = Attention(R_s)) and are written back at their positions.
+(R = Attention(R_s)) and are "distributed back": written at their positions, or
+(``hst.distribute: block``) added to every position of their block.
 """
 
 from __future__ import annotations
@@ -10,25 +11,38 @@ from __future__ import annotations
 import torch
 
 from .layers import AttentionSublayer, dense_attend
+from .structure import SequencePlan
 
 
 def hierarchical_attention(
     hidden: torch.Tensor,
     sublayer: AttentionSublayer,
     *,
-    positions: torch.Tensor,
+    plan: SequencePlan,
     representative_mask: torch.Tensor,
     dropout_p: float,
+    distribute: str = "representative",
 ) -> torch.Tensor:
-    """hidden [B, L, d] with the representatives at ``positions`` [m] updated by ``sublayer``.
+    """hidden [B, L, d] after the plan's representatives [m] attended each other.
 
-    ``representative_mask`` [B, m] is False for blocks that are all padding: those
-    representatives are never attended (their own rows are computed and ignored).
+    ``distribute``: ``representative`` writes each updated representative back at its
+    position (the paper's reading); ``block`` adds each representative's attention
+    update to every position of its block too (one attention hop less between a
+    token and the other blocks). ``representative_mask`` [B, m] is False for blocks
+    that are all padding: those representatives are never attended.
     """
+    positions = plan.representative_positions.to(hidden.device)
     representatives = hidden.index_select(1, positions)  # [B, m, d]
     attend = dense_attend(representative_mask, dropout_p=dropout_p)
-    updated = sublayer(representatives, attend)
-    return hidden.index_copy(1, positions, updated)
+    update = sublayer.update(representatives, attend)  # [B, m, d]
+    if distribute == "representative":
+        return hidden.index_copy(1, positions, sublayer.combine(representatives, update))
+    # The local blocks are contiguous: representative i starts block i.
+    start = plan.global_blocks * plan.block_size
+    span = plan.local_blocks * plan.block_size
+    local = hidden[:, start : start + span]  # [B, m * block, d]
+    local = sublayer.combine(local, update.repeat_interleave(plan.block_size, dim=1))
+    return torch.cat([hidden[:, :start], local, hidden[:, start + span :]], dim=1)
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -37,12 +37,19 @@ class AttentionSublayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        return self.combine(hidden, self.update(hidden, attend))
+
+    def update(self, hidden: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """The attention's contribution [B, L, d], before the residual sum."""
         batch, length, width = hidden.shape
         x = self.norm(hidden) if self.pre_norm else hidden
         qkv = self.query_key_value(x).view(batch, length, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
         context = attend(q, k, v).transpose(1, 2).reshape(batch, length, width)  # [B, L, d]
-        update = self.dropout(self.output(context))
+        return self.dropout(self.output(context))
+
+    def combine(self, hidden: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """The residual sum, normalized after it (post-LN) or not (pre-LN)."""
         return hidden + update if self.pre_norm else self.norm(hidden + update)
 
 

@@ -10,6 +10,12 @@ from .blockbert import blockbert, parse_head_split
 from .dense import dense
 from .fixed import fixed
 from .local import local
+from .reachability import (
+    block_knowledge,
+    block_reachability,
+    reachable_fraction,
+    readout_sources,
+)
 from .registry import PATTERNS, make_layout, pattern_parameters
 from .render import render_layout
 from .window import global_blocks, window
@@ -17,6 +23,8 @@ from .window import global_blocks, window
 __all__ = [
     "PATTERNS",
     "bigbird",
+    "block_knowledge",
+    "block_reachability",
     "blockbert",
     "dense",
     "fixed",
@@ -26,6 +34,8 @@ __all__ = [
     "num_blocks_for",
     "parse_head_split",
     "pattern_parameters",
+    "reachable_fraction",
+    "readout_sources",
     "render_layout",
     "window",
 ]

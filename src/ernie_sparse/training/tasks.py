@@ -101,13 +101,28 @@ def data_root(train: TrainConfig) -> Path:
     return Path(train.data)
 
 
-# --- the classification tasks of Long Range Arena and the document demo ---
+# --- the classification tasks of Long Range Arena, the document demo and the probes ---
 
 
 def _read_listops(train: TrainConfig, split: str) -> TokenDataset:
     from ..data.listops import read_listops_dir
 
     return read_listops_dir(data_root(train), split, max_length=train.max_length)
+
+
+def _read_probe(train: TrainConfig, split: str) -> TokenDataset:
+    """A probe folder (``ernie-sparse data probe``); a probe is never cut to fit."""
+    from ..data.probes import read_probe, read_spec
+
+    root = data_root(train)
+    length = read_spec(root).length
+    if train.max_length < length:
+        raise ValueError(
+            f"train.max_length={train.max_length} is shorter than the probe length={length} "
+            f"of {root}; probes are never cut (their symbols sit far from the readout): "
+            f"set train.max_length >= {length}"
+        )
+    return read_probe(root, split)
 
 
 def _read_text(train: TrainConfig, split: str) -> TokenDataset:
@@ -160,6 +175,7 @@ for _name, _read in (
     ("image", _read_image),
     ("pathfinder", _read_pathfinder),
     ("documents", _read_documents),
+    ("probe", _read_probe),
 ):
     register_task(Task(_name, read=_read, build=_classifier))
 register_task(Task("retrieval", read=_read_retrieval, build=_matcher))
