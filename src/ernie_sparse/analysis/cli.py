@@ -1,8 +1,9 @@
 """``ernie-sparse experiment ...``: the papers' analyses as commands.
 
 ernie-sparse experiment ablation   --task listops --seeds 5 [--scale tiny|paper]
-ernie-sparse experiment bottleneck --task listops --global-tokens 128,64,0
-ernie-sparse experiment robustness --task listops [--attack-roll 8]
+ernie-sparse experiment bottleneck --task probe-copy-far --patterns window,bigbird --seeds 3
+ernie-sparse experiment robustness --task listops [--attack-roll 4,8,16]
+ernie-sparse experiment hst-route  --task probe-copy-far --seeds 3
 ernie-sparse experiment resume     runs/experiments/ablation-listops-tiny [--workers 2]
 ernie-sparse experiment memory-profile [--tokens 4096] [--lengths 128,...,2048]
 """
@@ -18,9 +19,9 @@ from ..models.config import parse_overrides
 from ..training.config import merge_values
 from .experiments import ExperimentSpec, make_spec, spawn_workers, work, write_report
 from .experiments.runner import ensure_data
-from .experiments.spec import SCALES
+from .experiments.spec import PATTERN_FIELDS, PROBE_TASKS, SCALES
 
-TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
+TASKS = ("listops", "text", "retrieval", "image", "pathfinder", *PROBE_TASKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ablation": "ERNIE-Sparse Table 5 (components) and Table 6 (HST pooling)",
         "bottleneck": "ERNIE-Sparse Figure 3: accuracy vs global tokens, ST vs HST",
         "robustness": "ERNIE-Sparse Table 7: word-order-shift attack with / without SAOR",
+        "hst-route": "is HST's long-range route learned: HST variants x initialization",
     }
     for kind, text in helps.items():
         sub = kinds.add_parser(kind, help=text)
@@ -37,8 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             sub.add_argument(
                 "--global-tokens", type=int_list, help="default: 2, 1, 0 blocks (128,64,0 at 64)"
             )
+            sub.add_argument(
+                "--patterns",
+                type=lambda text: tuple(text.split(",")),
+                help=f"comma-separated, of {', '.join(p for p in PATTERN_FIELDS if p != 'dense')}"
+                " (default bigbird)",
+            )
         if kind == "robustness":
-            sub.add_argument("--attack-roll", type=int, help="k (default: SAOR's roll_tokens)")
+            sub.add_argument(
+                "--attack-roll", type=int_list, help="k or k1,k2,... (default: SAOR's roll_tokens)"
+            )
         sub.set_defaults(run=run_experiment, kind=kind)
     resume = kinds.add_parser("resume", help="finish an experiment folder's unfinished runs")
     resume.add_argument("folder", type=Path, help="an experiment folder (experiment.json)")
@@ -80,6 +90,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         overrides=overrides,
         global_tokens=getattr(args, "global_tokens", None),
         attack_roll=getattr(args, "attack_roll", None),
+        patterns=getattr(args, "patterns", None),
     )
     folder = args.out or Path("runs/experiments") / f"{args.kind}-{args.task}-{args.scale}"
     if (folder / "experiment.json").is_file():
@@ -121,7 +132,7 @@ def _check_same_spec(saved: ExperimentSpec, wanted: ExperimentSpec, folder: Path
     """A folder holds one experiment; more seeds may be added, nothing else may change."""
     mismatch = [
         name
-        for name in ("kind", "task", "scale", "cells", "overrides", "attack_roll", "global_tokens")
+        for name in ("kind", "task", "scale", "cells", "overrides", "attack_rolls", "global_tokens")
         if getattr(saved, name) != getattr(wanted, name)
     ]
     if mismatch:

@@ -26,6 +26,7 @@ class TaskInfo:
     vocab_size: int  # ids are in [0, vocab_size); 0 is padding
     num_labels: int  # classes
     max_length: int  # tokens per document after truncation
+    far_token: int | None = None  # probes: an input token the readout must hear from
 
 
 @dataclass

@@ -86,6 +86,11 @@ class ProbeSpec:
         return math.ceil(self.length / self.block_size)
 
     @property
+    def far_token(self) -> int | None:
+        """The first position of the far block (None for majority: every block counts)."""
+        return None if self.kind == "majority" else self.distance * self.block_size
+
+    @property
     def num_labels(self) -> int:
         return self.num_symbols if self.kind == "copy-far" else 2
 
@@ -177,7 +182,7 @@ def read_probe(root: str | Path, split: str, *, skip_bad: bool = False) -> Token
     path = Path(root) / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (a probe folder holds {', '.join(SPLITS)})")
-    info = TaskInfo("probe", spec.vocab_size, spec.num_labels, spec.length)
+    info = TaskInfo("probe", spec.vocab_size, spec.num_labels, spec.length, spec.far_token)
     dataset = TokenDataset(info, bad=BadRecords(skip_bad=skip_bad))
     with path.open() as lines:
         for number, line in enumerate(lines, start=1):

@@ -41,6 +41,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between evaluations on the validation split
     eval_max_batches: int = 0  # 0 = the whole validation split
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    stop_at: float = 0.0  # stop once the validation metric reaches this (probes); 0 = never
     seed: int = 0  # parameters, data order, dropout
     log_every: int = 10  # steps between metrics.jsonl lines
     bf16: bool = False  # bf16 autocast (CUDA)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
+from ..models.reachability import encoder_reachability
 from ..objectives import saor_forward
 from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from .config import RunConfig
@@ -89,6 +90,7 @@ class Run:
         )
         self.state = LoopState()
         self._start(resume)
+        self._report_reachability()
         self.tensorboard = self._open_tensorboard() if train.tensorboard else None
 
     def _check_data(self, dataset) -> None:
@@ -102,6 +104,22 @@ class Run:
             raise ValueError(
                 f"model.max_positions={model.max_positions} < train.max_length={info.max_length}"
             )
+
+    def _report_reachability(self) -> None:
+        """Say whether this setting is in the bottleneck regime: write reachability.json
+        and print its line (for the longest training input)."""
+        if not self.world.is_main:
+            return
+        info, examples = self.train_set.info, getattr(self.train_set, "examples", None)
+        length = info.max_length
+        if examples and "input_ids" in examples[0]:
+            length = max(example["input_ids"].shape[-1] for example in examples)
+        source = info.far_token if info.far_token is not None and info.far_token < length else None
+        found = encoder_reachability(self.module.encoder, length, source_token=source)
+        record = {"input_len": length, **asdict(found), "line": found.describe()}
+        (self.out / "reachability.json").write_text(json.dumps(record, indent=1) + "\n")
+        if not self.quiet:
+            print(f"{self.out.name}: {record['line']}", flush=True)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world.size == 1:
@@ -270,6 +288,9 @@ class Run:
             return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _reached(self, value: float, target: float) -> bool:
+        return value >= target if self.task.higher_is_better else value <= target
+
     def _evaluate_and_keep_best(self) -> float:
         train = self.config.train
         metrics = self.task.evaluate(
@@ -284,6 +305,8 @@ class Run:
         self._log(record)
         self.state.history.append(record)
         value = metrics[self.task.metric]
+        if train.stop_at and self._reached(value, train.stop_at):
+            self.state.stopped_early = True
         if self.task.is_better(value, self.state.best_metric):
             self.state.best_metric = value
             self.state.evals_without_gain = 0

@@ -38,19 +38,75 @@ def summarize(values: list[float]) -> dict:
 
 
 def cell_summaries(spec: ExperimentSpec, results: list[dict]) -> dict[str, dict]:
-    """Per cell: test accuracy summary (and attacked accuracy for robustness)."""
+    """Per cell: test accuracy summary, attacked accuracy per roll (robustness), how
+    many seeds learned the task and when, and the reachability of its runs."""
     summaries = {}
     for cell in spec.cells:
         mine = [r for r in results if r["cell"] == cell.key]
+        solved = [r["solved_at"] for r in mine if r.get("solved_at") is not None]
         summary = {
             "label": cell.label,
             "test": summarize([r["test_accuracy"] for r in mine]),
             "seeds_done": sorted(r["seed"] for r in mine),
+            "solved": len(solved),
+            "solved_at": summarize(solved),
+            "reachability": _reachability(mine),
+            "route_gradient": summarize(
+                [
+                    r["route_gradient_at_init"]["ratio"]
+                    for r in mine
+                    if "route_gradient_at_init" in r
+                ]
+            ),
         }
-        if spec.attack_roll:
-            summary["attacked"] = summarize([r["test_attacked_accuracy"] for r in mine])
+        if spec.attack_rolls:
+            summary["attacked"] = {
+                str(roll): summarize([r["test_attacked"][str(roll)] for r in mine])
+                for roll in spec.attack_rolls
+            }
         summaries[cell.key] = summary
     return summaries
+
+
+def _reachability(results: list[dict]) -> dict:
+    """Mean share of connected block pairs over the runs, and in how many of them the
+    probe's far token reaches the readout (None when the task has no such token)."""
+    found = [r["reachability"] for r in results if r.get("reachability")]
+    if not found:
+        return {"fraction": None, "source_reaches": None, "n": 0}
+    answers = [f["source_reaches_readout"] for f in found]
+    reaches = None if None in answers else sum(answers)
+    return {
+        "fraction": statistics.fmean(f["fraction"] for f in found),
+        "without_hst": statistics.fmean(f["fraction_without_hst"] for f in found),
+        "source_reaches": reaches,
+        "n": len(found),
+    }
+
+
+def reach_text(summary: dict) -> str:
+    """ "38% pairs; far token reaches the readout in 1 of 3 runs" """
+    found = summary["reachability"]
+    if not found["n"]:
+        return "-"
+    text = f"{found['fraction']:.0%}"
+    if found["without_hst"] != found["fraction"]:
+        text += f" ({found['without_hst']:.0%} w/o HST)"
+    if found["source_reaches"] is not None:
+        text += f", route {found['source_reaches']}/{found['n']}"
+    return text
+
+
+def solved_text(summary: dict) -> str:
+    """ "3/3 at 150 ± 50" """
+    done = summary["test"]["n"]
+    if not done:
+        return "-"
+    steps = summary["solved_at"]
+    if not steps["n"]:
+        return f"0/{done}"
+    spread = f" ± {steps['std']:.0f}" if steps["n"] > 1 else ""
+    return f"{summary['solved']}/{done} at {steps['mean']:.0f}{spread}"
 
 
 def cell_text(summary: dict) -> str:
@@ -89,55 +145,88 @@ def ablation_tables(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
 
 def bottleneck_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
     lines = [
-        f"Figure 3 ({spec.task}, test accuracy %, mean ± std (seeds)):",
+        f"Figure 3 ({spec.task}, test accuracy %, mean ± std (seeds); reachability = share of "
+        "block pairs connected, and runs whose far token reaches the readout):",
         "",
-        "| #global tokens | Sparse Transformer (no HST) | HST |",
-        "|---|---|---|",
+        "| pattern | #global tokens | Sparse Transformer (no HST) | reach | HST | reach |",
+        "|---|---|---|---|---|---|",
     ]
-    for count in spec.global_tokens:
-        st, hst = summaries[f"st-g{count}"]["test"], summaries[f"hst-g{count}"]["test"]
-        lines.append(f"| {count} | {cell_text(st)} | {cell_text(hst)} |")
+    for pattern in spec.patterns:
+        for count in spec.global_tokens:
+            st, hst = summaries[f"st-{pattern}-g{count}"], summaries[f"hst-{pattern}-g{count}"]
+            lines.append(
+                f"| {pattern} | {count} | {cell_text(st['test'])} | {reach_text(st)} | "
+                f"{cell_text(hst['test'])} | {reach_text(hst)} |"
+            )
     return "\n".join(lines)
 
 
 def robustness_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
-    task, roll = spec.task, spec.attack_roll
+    task, rolls = spec.task, spec.attack_rolls
+    paper = PAPER_TABLE7.get(task)
     lines = [
-        f"Table 7 ({task}; Adv = local tokens rolled by {roll}; test accuracy %):",
+        f"Table 7 ({task}; Adv k = local tokens rolled by k; test accuracy %, mean ± std):",
         "",
-        f"| Model | {task} | {task} Adv | paper {task} | paper {task} Adv |",
+        f"| Model | {task} | "
+        + " | ".join(f"Adv {k}" for k in rolls)
+        + " | reach |"
+        + (f" paper {task} | paper Adv |" if paper else ""),
+        "|---|---|" + "---|" * len(rolls) + "---|" + ("---|---|" if paper else ""),
+    ]
+    for index, summary in enumerate(summaries.values()):
+        attacked = " | ".join(cell_text(summary["attacked"][str(k)]) for k in rolls)
+        row = f"| {summary['label']} | {cell_text(summary['test'])} | {attacked} | "
+        row += f"{reach_text(summary)} |"
+        if paper:
+            theirs = tuple(f"{v:.2f}" for v in paper[index]) if index < len(paper) else "--"
+            row += f" {theirs[0]} | {theirs[1]} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def hst_route_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
+    lines = [
+        f"HST route ({spec.task}; learned = validation accuracy >= 95%, at the step shown "
+        "(mean ± std over the runs that learned it); test accuracy %, mean ± std):",
+        "",
+        "| Model | learned (runs, step) | test accuracy | reach | far / near gradient at init |",
         "|---|---|---|---|---|",
     ]
-    paper = PAPER_TABLE7.get(task)
-    for index, summary in enumerate(summaries.values()):
-        clean, attacked = cell_text(summary["test"]), cell_text(summary["attacked"])
-        theirs = ("-", "-") if paper is None else tuple(f"{v:.2f}" for v in paper[index])
-        lines.append(f"| {summary['label']} | {clean} | {attacked} | {theirs[0]} | {theirs[1]} |")
+    for summary in summaries.values():
+        ratio = summary["route_gradient"]
+        ratio_text = "-" if ratio["n"] == 0 else f"{ratio['mean']:.1e}"
+        lines.append(
+            f"| {summary['label']} | {solved_text(summary)} | {cell_text(summary['test'])} | "
+            f"{reach_text(summary)} | {ratio_text} |"
+        )
     return "\n".join(lines)
 
 
 def plot_bottleneck(spec: ExperimentSpec, summaries: dict[str, dict], path: Path) -> Path | None:
-    """Accuracy vs global tokens, ST (blue) and HST (red), error bars = std over seeds."""
+    """Accuracy vs global tokens, ST (blue) and HST (red) per pattern (solid, dashed...),
+    error bars = std over seeds."""
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(5, 4))
     positions = list(range(len(spec.global_tokens)))
-    for prefix, label, color in (("st", "Sparse Transformer", "C0"), ("hst", "HST", "C3")):
-        points = [summaries[f"{prefix}-g{g}"]["test"] for g in spec.global_tokens]
-        shown = [(x, p) for x, p in zip(positions, points, strict=True) if p["n"]]
-        if shown:
-            axis.errorbar(
-                [x for x, _ in shown],
-                [p["mean"] for _, p in shown],
-                yerr=[p["std"] for _, p in shown],
-                color=color, marker="o", capsize=4, label=label,
-            )  # fmt: skip
+    for pattern, style in zip(spec.patterns, ("-", "--", ":", "-."), strict=False):
+        for prefix, label, color in (("st", "Sparse Transformer", "C0"), ("hst", "HST", "C3")):
+            points = [summaries[f"{prefix}-{pattern}-g{g}"]["test"] for g in spec.global_tokens]
+            shown = [(x, p) for x, p in zip(positions, points, strict=True) if p["n"]]
+            if shown:
+                axis.errorbar(
+                    [x for x, _ in shown],
+                    [p["mean"] for _, p in shown],
+                    yerr=[p["std"] for _, p in shown],
+                    color=color, linestyle=style, marker="o", capsize=4,
+                    label=f"{label} ({pattern})",
+                )  # fmt: skip
     axis.set_xticks(positions, [str(g) for g in spec.global_tokens])
     axis.set_xlabel("#global tokens")
     axis.set_ylabel("test accuracy")
     axis.set_title(f"{spec.task}: bottleneck (error bar = std over seeds)")
     axis.grid(True, alpha=0.3)
     if axis.get_lines():
-        axis.legend()
+        axis.legend(fontsize=8)
     return save_figure(fig, path)
 
 
@@ -146,10 +235,12 @@ def plot_bars(spec: ExperimentSpec, summaries: dict[str, dict], path: Path) -> P
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(max(5, 1.2 * len(summaries)), 4))
     labels = [s["label"] for s in summaries.values()]
-    series = [("test", "clean")] + ([("attacked", "attacked")] if spec.attack_roll else [])
+    series = [(lambda s: s["test"], "clean")] + [
+        (lambda s, k=str(k): s["attacked"][k], f"rolled by {k}") for k in spec.attack_rolls
+    ]
     width = 0.8 / len(series)
-    for index, (field, name) in enumerate(series):
-        values = [s[field] for s in summaries.values()]
+    for index, (pick, name) in enumerate(series):
+        values = [pick(s) for s in summaries.values()]
         axis.bar(
             [i + index * width for i in range(len(values))],
             [v["mean"] or 0.0 for v in values],
@@ -170,6 +261,7 @@ TABLES = {
     "ablation": ablation_tables,
     "bottleneck": bottleneck_table,
     "robustness": robustness_table,
+    "hst-route": hst_route_table,
 }
 
 

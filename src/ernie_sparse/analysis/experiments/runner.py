@@ -25,12 +25,15 @@ from pathlib import Path
 import yaml
 
 from ...data.listops import generate_listops
+from ...data.probes import ProbeSpec, generate_probe
 from ...training.cli import add_evaluate_arguments
 from ...training.config import RunConfig
 from ...training.loop import Run
-from .spec import Cell, ExperimentSpec
+from ..route_gradient import initial_route_gradient
+from .spec import PROBE_TASKS, Cell, ExperimentSpec
 
 RESULT = "result.json"
+SOLVED = 0.95  # validation accuracy at which a probe counts as learned
 FINAL_WEIGHTS = "model.safetensors"
 # Files the loop writes before its first checkpoint; a run killed then starts afresh.
 PARTIAL_FILES = ("metrics.jsonl", "config.yaml", "best.safetensors")
@@ -162,6 +165,7 @@ def run_one(
         if not resume:
             for name in PARTIAL_FILES:
                 (directory / name).unlink(missing_ok=True)
+        at_init = initial_route_gradient(config) if spec.kind == "hst-route" else None
         started = time.perf_counter()
         final = Run(config, directory, resume=resume, quiet=quiet).train()
         seconds = time.perf_counter() - started
@@ -173,18 +177,40 @@ def run_one(
             "test_accuracy": evaluate_test_accuracy(directory),
             "seconds": round(seconds, 1),  # of the last session (a resumed run: its rest)
             "resumed": resume,
+            "steps": final_step(directory),
+            "solved_at": first_step_reaching(directory, SOLVED),
+            "reachability": json.loads((directory / "reachability.json").read_text()),
         }
-        if spec.attack_roll:
-            result["attack_roll"] = spec.attack_roll
-            result["test_attacked_accuracy"] = evaluate_test_accuracy(
-                directory, roll=spec.attack_roll
-            )
+        if at_init is not None:
+            result["route_gradient_at_init"] = at_init
+        if spec.attack_rolls:
+            result["test_attacked"] = {
+                str(roll): evaluate_test_accuracy(directory, roll=roll)
+                for roll in spec.attack_rolls
+            }
         temporary = directory / f"{RESULT}.tmp"
         temporary.write_text(json.dumps(result) + "\n")
         temporary.replace(directory / RESULT)
         return "ran"
     finally:
         lock.release()
+
+
+def _metrics(directory: Path) -> list[dict]:
+    lines = (directory / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line]
+
+
+def final_step(directory: Path) -> int:
+    return max((record["step"] for record in _metrics(directory)), default=0)
+
+
+def first_step_reaching(directory: Path, accuracy: float) -> int | None:
+    """The first evaluation step whose validation accuracy is at least ``accuracy``."""
+    for record in _metrics(directory):
+        if record.get("val_accuracy", -1.0) >= accuracy:
+            return record["step"]
+    return None
 
 
 def evaluate_test_accuracy(directory: Path, *, roll: int | None = None) -> float:
@@ -244,5 +270,16 @@ def ensure_data(spec: ExperimentSpec, *, log=print) -> None:
             data, num_train=2000, num_val=500, num_test=500, seed=0,
             min_len=20, max_len=150, workers=2,
         )  # fmt: skip
+    elif spec.task in PROBE_TASKS and not (data / "probe.json").is_file():
+        log(f"generating the {spec.task} data in {data}")
+        generate_probe(data, probe_spec(spec.task), num_train=4000, num_eval=500, seed=0)
     elif not data.exists():
         raise ValueError(f"{data}: the {spec.task} data is missing; pass --data")
+
+
+def probe_spec(task: str) -> ProbeSpec:
+    """The probes of configs/probe/*-tiny: 16-position blocks, 15 input tokens with HST."""
+    kind = task.removeprefix("probe-")
+    if kind == "majority":
+        return ProbeSpec(kind, length=225, block_size=15)
+    return ProbeSpec(kind, length=240, block_size=15, distance=13)

@@ -14,7 +14,8 @@ from typing import Any
 
 from ...training.config import RunConfig, merge_values, preset_values, resolve
 
-KINDS = ("ablation", "bottleneck", "robustness")
+KINDS = ("ablation", "bottleneck", "robustness", "hst-route")
+PROBE_TASKS = ("probe-copy-far", "probe-match", "probe-majority")
 SEED_KEYS = ("train.seed", "model.pattern_seed")  # set per run from the experiment's seeds
 SCALES = ("tiny", "paper")
 
@@ -34,8 +35,9 @@ class ExperimentSpec:
     seeds: tuple[int, ...] = (0,)  # train.seed and model.pattern_seed of each run
     cells: tuple[Cell, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)  # on top of preset + cell
-    attack_roll: int = 0  # robustness: the word-order-shift k (0 = no attacked evaluation)
+    attack_rolls: tuple[int, ...] = ()  # robustness: word-order-shift ks (each evaluated)
     global_tokens: tuple[int, ...] = ()  # bottleneck: the x axis
+    patterns: tuple[str, ...] = ()  # bottleneck: one curve pair (ST, HST) per pattern
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -52,7 +54,7 @@ class ExperimentSpec:
 
     @property
     def preset(self) -> str:
-        return f"lra/{self.task}-{self.scale}"
+        return task_preset(self.task, self.scale)
 
     def run_config(self, cell: Cell, seed: int) -> RunConfig:
         """preset < the command line's overrides < the cell's model settings < the seed."""
@@ -65,6 +67,8 @@ class ExperimentSpec:
             )
         values = merge_values(preset_values(self.preset), self.overrides)
         values = merge_values(values, {"model": cell.model})
+        if "pattern_params" in cell.model:  # a cell's pattern comes whole, never merged
+            values["model"]["pattern_params"] = dict(cell.model["pattern_params"])
         seeded = {"train": {"seed": seed}, "model": {"pattern_seed": seed}}
         return resolve(merge_values(values, seeded))
 
@@ -82,8 +86,16 @@ class ExperimentSpec:
         values = json.loads(path.read_text())
         values["cells"] = tuple(Cell(**cell) for cell in values["cells"])
         values["seeds"] = tuple(values["seeds"])
-        values["global_tokens"] = tuple(values["global_tokens"])
+        for name in ("global_tokens", "attack_rolls", "patterns"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**values)
+
+
+def task_preset(task: str, scale: str) -> str:
+    """configs/lra/<task>-<scale>, or configs/probe/<kind>-<scale> for probe-<kind>."""
+    if task in PROBE_TASKS:
+        return f"probe/{task.removeprefix('probe-')}-{scale}"
+    return f"lra/{task}-{scale}"
 
 
 def _dotted(values: dict[str, Any], prefix: str) -> list[str]:
@@ -120,6 +132,68 @@ ROBUSTNESS_CELLS = (
     Cell("no-saor", "w/o SAOR", {"preset": "ernie-sparse-no-saor"}),
 )
 
+# A pattern's fields, set in full by a cell (a probe preset names its own pattern).
+PATTERN_FIELDS: dict[str, dict[str, Any]] = {
+    "dense": {"pattern": "dense", "pattern_params": {}},
+    "window": {"pattern": "window", "pattern_params": {"width": 1}},
+    "bigbird": {"pattern": "bigbird", "pattern_params": {"window_width": 1, "num_random": 3}},
+}
+_NO_HST = {"enabled": False}
+_SAOR_OFF = {"alpha": 0.0}
+_SAOR_ON = {"alpha": 5.0, "mode": "roll"}
+
+
+def _model(
+    pattern: str, *, hst: bool, saor: bool, hst_options: dict | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A cell's model section: the pattern, HST and SAOR on or off, other fields."""
+    preset = "ernie-sparse" if hst else "bigbird"
+    values = {"preset": preset, **PATTERN_FIELDS[pattern], **fields}
+    values["hst"] = {**(hst_options or {}), "enabled": hst}
+    values["saor"] = dict(_SAOR_ON if saor else _SAOR_OFF)
+    return values
+
+
+def robustness_cells(task: str) -> tuple[Cell, ...]:
+    """Table 7's two rows; on a probe also the controls that say what is specific to
+    sparse attention: BigBird and dense attention with and without the same SAOR."""
+    if task not in PROBE_TASKS:
+        return ROBUSTNESS_CELLS
+    return (
+        Cell("dense", "dense", _model("dense", hst=False, saor=False)),
+        Cell("dense-saor", "dense + SAOR", _model("dense", hst=False, saor=True)),
+        Cell("bigbird", "BigBird", _model("bigbird", hst=False, saor=False)),
+        Cell("bigbird-saor", "BigBird + SAOR", _model("bigbird", hst=False, saor=True)),
+        Cell("no-saor", "ERNIE-Sparse w/o SAOR", _model("bigbird", hst=True, saor=False)),
+        Cell("ernie-sparse", "ERNIE-Sparse", _model("bigbird", hst=True, saor=True)),
+    )
+
+
+# The HST-route study (issue: is the route token -> representative -> representatives ->
+# readout learned?): HST variants at BERT's initialization and at a width-scaled one.
+HST_VARIANTS: dict[str, dict[str, Any]] = {
+    "representative": {},  # the paper's reading: updates written back at the representative
+    "block": {"distribute": "block"},  # every token of the block gets its update
+    "warm-start": {"init": "sparse"},  # hierarchical weights start as the sparse layer's
+}
+HST_ROUTE_INITS = (0.02, 0.125)  # BERT's std; 1 / sqrt(hidden 64)
+
+
+def hst_route_cells(inits: tuple[float, ...] = HST_ROUTE_INITS) -> tuple[Cell, ...]:
+    cells = []
+    for std in inits:
+        dense = _model("dense", hst=False, saor=False, initializer_range=std)
+        cells.append(Cell(f"dense-i{std}", f"dense, init {std}", dense))
+        for name, options in HST_VARIANTS.items():
+            model = _model(
+                "window", hst=True, saor=False, hst_options=options, initializer_range=std
+            )
+            cells.append(Cell(f"hst-{name}-i{std}", f"HST ({name}), init {std}", model))
+    control = _model("window", hst=False, saor=False, initializer_range=max(inits))
+    cells.append(Cell("st-window", f"ST window (no route), init {max(inits)}", control))
+    return tuple(cells)
+
+
 # The papers' numbers (test accuracy, %), shown beside ours in the reports.
 PAPER_TABLE5 = {
     "listops": (37.75, 35.97, 37.36, 37.41, 37.68),
@@ -138,17 +212,22 @@ PAPER_TABLE7 = {  # (ERNIE-Sparse clean, adv), (w/o SAOR clean, adv)
 }
 
 
-def bottleneck_cells(global_tokens: tuple[int, ...]) -> tuple[Cell, ...]:
-    """Figure 3: Sparse Transformer (BigBird pattern, no HST) vs HST, SAOR off in both."""
+def bottleneck_cells(
+    global_tokens: tuple[int, ...], patterns: tuple[str, ...] = ("bigbird",)
+) -> tuple[Cell, ...]:
+    """Figure 3: Sparse Transformer (no HST) vs HST per pattern, SAOR off in both."""
     if not global_tokens or any(g < 0 for g in global_tokens):
         raise ValueError(f"--global-tokens needs non-negative counts, got {global_tokens}")
+    unknown = sorted(set(patterns) - set(PATTERN_FIELDS) - {"dense"})
+    if unknown or not patterns:
+        raise ValueError(f"--patterns takes window and bigbird, got {', '.join(patterns)}")
     cells = []
-    for count in global_tokens:
-        cells.append(
-            Cell(f"st-g{count}", f"ST g={count}", {"preset": "bigbird", "num_global": count})
-        )
-        hst = {"preset": "ernie-sparse-no-saor", "num_global": count}
-        cells.append(Cell(f"hst-g{count}", f"HST g={count}", hst))
+    for pattern in patterns:
+        for count in global_tokens:
+            for hst, name in ((False, "ST"), (True, "HST")):
+                model = _model(pattern, hst=hst, saor=False, num_global=count)
+                key = f"{name.lower()}-{pattern}-g{count}"
+                cells.append(Cell(key, f"{name} {pattern} g={count}", model))
     return tuple(cells)
 
 
@@ -160,23 +239,27 @@ def make_spec(
     seeds: int = 1,
     overrides: dict[str, Any] | None = None,
     global_tokens: tuple[int, ...] | None = None,
-    attack_roll: int | None = None,
+    attack_roll: int | tuple[int, ...] | None = None,
+    patterns: tuple[str, ...] | None = None,
 ) -> ExperimentSpec:
     """The spec of one of the papers' experiments (``kind`` in KINDS) on ``task``.
     ``global_tokens`` defaults to Figure 3's 2, 1 and 0 blocks (128, 64, 0 at block 64)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if kind == "bottleneck" and global_tokens is None:
-        values = merge_values(preset_values(f"lra/{task}-{scale}"), overrides or {})
+        values = merge_values(preset_values(task_preset(task, scale)), overrides or {})
         block = resolve(values).model.block_size
         global_tokens = (2 * block, block, 0)
+    patterns = tuple(patterns or ("bigbird",)) if kind == "bottleneck" else ()
     cells: tuple[Cell, ...] = ()
     if kind == "ablation":
         cells = ABLATION_CELLS
     elif kind == "bottleneck":
-        cells = bottleneck_cells(tuple(global_tokens))
+        cells = bottleneck_cells(tuple(global_tokens), patterns)
     elif kind == "robustness":
-        cells = ROBUSTNESS_CELLS
+        cells = robustness_cells(task)
+    elif kind == "hst-route":
+        cells = hst_route_cells()
     spec = ExperimentSpec(
         kind=kind,
         task=task,
@@ -185,13 +268,15 @@ def make_spec(
         cells=cells,
         overrides=overrides or {},
         global_tokens=tuple(global_tokens or ()) if kind == "bottleneck" else (),
+        patterns=patterns,
     )
     if kind == "robustness":
         # Section 5.2 rolls by SAOR's k unless told otherwise.
-        roll = attack_roll if attack_roll is not None else _saor_roll(spec)
-        if roll == 0:
-            raise ValueError("the word-order-shift attack needs a non-zero roll")
-        spec.attack_roll = roll
+        rolls = attack_roll if attack_roll is not None else _saor_roll(spec)
+        rolls = (rolls,) if isinstance(rolls, int) else tuple(rolls)
+        if not rolls or 0 in rolls:
+            raise ValueError(f"the word-order-shift attack needs non-zero rolls, got {rolls}")
+        spec.attack_rolls = rolls
     for cell in spec.cells:  # refuse a bad preset/override now, not after hours of training
         spec.run_config(cell, spec.seeds[0])
     return spec
