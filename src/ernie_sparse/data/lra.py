@@ -18,6 +18,7 @@ import numpy as np
 
 from .base import TaskInfo, TokenDataset
 from .errors import BadRecords
+from .safe_pickle import load_data_pickle
 from .tokenize import BYTE_VOCAB_SIZE, byte_ids
 
 TEXT_LABELS = {"neg": 0, "pos": 1, "0": 0, "1": 1}
@@ -179,8 +180,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing CIFAR-10 batch (python version)")
     try:
-        with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+        batch = load_data_pickle(path)  # restricted: refuses anything but data, never runs it
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = [int(x) for x in batch[b"labels"]]
     except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as error:

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..plotting import save_figure
+from ..safety import OutsideFolderError, inside
 from .base import TaskInfo, TokenDataset
 from .errors import BadRecords
 
@@ -682,7 +683,13 @@ def _read_record(
     if label is None:
         dataset.bad.report(metadata, f"row {row_number}", f"label {text!r} is not 0 or 1")
         return
-    tokens, problem = _load_tokens(folder / str(row[0]) / str(row[1]), IMAGE_SIZE)
+    name = str(Path(str(row[0])) / str(row[1]))  # an absolute file name stays absolute
+    try:
+        image_path = inside(folder, name)  # never read an image outside the release folder
+    except OutsideFolderError as error:
+        dataset.bad.report(metadata, f"row {row_number}", f"image path {error}")
+        return
+    tokens, problem = _load_tokens(image_path, IMAGE_SIZE)
     if tokens is None:
         dataset.bad.report(metadata, f"row {row_number}", problem)
         return

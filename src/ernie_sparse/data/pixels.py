@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from .base import TaskInfo
 from .images import FASHION_MNIST_DIR, IMAGES_MAGIC, read_idx
+from .safe_pickle import load_data_pickle
 
 PIXEL_LEVELS = 256  # 8-bit pixel values
 START_TOKEN = PIXEL_LEVELS  # the input before the first pixel
@@ -163,8 +164,7 @@ def _cifar_rgb(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing CIFAR-10 batch (python version)")
     try:
-        with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+        batch = load_data_pickle(path)  # restricted: refuses anything but data, never runs it
         data = np.asarray(batch[b"data"], dtype=np.uint8)
     except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as error:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({error!r})") from None

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..safety import OutsideFolderError, inside, torch_load_weights_only
 from .config import ModelConfig
 from .encoder import Encoder
 from .heads import MaskedLM
@@ -261,19 +262,32 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         index = directory / f"{name}.index.json"
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            paths = [_shard_path(index, directory, shard) for shard in shards]  # all, first
             weights: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                weights.update(_load_weight_file(directory / shard))
+            for path in paths:
+                weights.update(_load_weight_file(path))
             return weights
     raise FileNotFoundError(
         f"{directory}: no weights ({' or '.join(WEIGHT_FILES)}, or a sharded index of them)"
     )
 
 
+def _shard_path(index: Path, directory: Path, shard: object) -> Path:
+    """A shard named by the index, refused unless it is a file name inside ``directory``."""
+    if not isinstance(shard, str):
+        raise ValueError(f"{index}: shard name {shard!r} is not a string")
+    try:
+        return inside(directory, shard)
+    except OutsideFolderError as error:
+        raise ValueError(f"{index}: shard {error}") from None
+
+
 def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch_load_weights_only(
+        path, advice="it is unsafe or not a plain state dict (use its safetensors weights)"
+    )
 
 
 def extend_positions(weight: torch.Tensor, *, offset: int, max_positions: int) -> torch.Tensor:
