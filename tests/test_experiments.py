@@ -98,7 +98,7 @@ def test_bottleneck_reports_mean_and_std_over_seeds(tmp_path, listops_dir, capsy
     args.remove("model.num_global=8")
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["runs_done"] == results["runs_total"] == 8
+    assert results["runs_done"] == results["runs_total"] == 10  # 2 x (4 cells + dense)
     for key in ("st-bigbird-g8", "st-bigbird-g0", "hst-bigbird-g8", "hst-bigbird-g0"):
         accuracies = [r["test_accuracy"] for r in results["runs"] if r["cell"] == key]
         cell = results["cells"][key]["test"]

@@ -32,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain.add_arguments(commands.add_parser("pretrain", help="masked-LM pretraining"))
     add_evaluate_arguments(commands.add_parser("evaluate", help="evaluate a trained run"))
-    from .training import demo, plot
+    from .analysis import demo
+    from .training import plot
 
     plot.add_arguments(commands.add_parser("plot", help="loss and accuracy curves of runs"))
-    demo.add_arguments(commands.add_parser("demo", help="ERNIE-Sparse vs BigBird on ListOps"))
+    demo.add_arguments(
+        commands.add_parser("demo", help="ERNIE-Sparse vs BigBird where sparse attention has a gap")
+    )
     from .analysis.cli import add_arguments as add_experiment_arguments
 
     add_experiment_arguments(

@@ -158,6 +158,10 @@ def bottleneck_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
                 f"| {pattern} | {count} | {cell_text(st['test'])} | {reach_text(st)} | "
                 f"{cell_text(hst['test'])} | {reach_text(hst)} |"
             )
+    dense = summaries["dense"]
+    lines.append(
+        f"| dense (reference) | - | {cell_text(dense['test'])} | {reach_text(dense)} | | |"
+    )
     return "\n".join(lines)
 
 
@@ -165,7 +169,8 @@ def robustness_table(spec: ExperimentSpec, summaries: dict[str, dict]) -> str:
     task, rolls = spec.task, spec.attack_rolls
     paper = PAPER_TABLE7.get(task)
     lines = [
-        f"Table 7 ({task}; Adv k = local tokens rolled by k; test accuracy %, mean ± std):",
+        f"Table 7 ({task}; test accuracy %, mean ± std; Adv k: the local tokens "
+        f"{', '.join(f'rolled by {k}' for k in rolls)}):",
         "",
         f"| Model | {task} | "
         + " | ".join(f"Adv {k}" for k in rolls)
@@ -220,6 +225,9 @@ def plot_bottleneck(spec: ExperimentSpec, summaries: dict[str, dict], path: Path
                     color=color, linestyle=style, marker="o", capsize=4,
                     label=f"{label} ({pattern})",
                 )  # fmt: skip
+    dense = summaries["dense"]["test"]
+    if dense["n"]:
+        axis.axhline(dense["mean"], color="0.4", linestyle=":", label="dense attention")
     axis.set_xticks(positions, [str(g) for g in spec.global_tokens])
     axis.set_xlabel("#global tokens")
     axis.set_ylabel("test accuracy")

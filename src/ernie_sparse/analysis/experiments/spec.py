@@ -228,6 +228,8 @@ def bottleneck_cells(
                 model = _model(pattern, hst=hst, saor=False, num_global=count)
                 key = f"{name.lower()}-{pattern}-g{count}"
                 cells.append(Cell(key, f"{name} {pattern} g={count}", model))
+    # Full attention: the ceiling, and how many steps a task takes when nothing is sparse.
+    cells.append(Cell("dense", "dense attention", _model("dense", hst=False, saor=False)))
     return tuple(cells)
 
 
