@@ -18,7 +18,7 @@ from ..bench.common import int_list
 from ..models.config import parse_overrides
 from ..training.config import merge_values
 from .experiments import ExperimentSpec, make_spec, spawn_workers, work, write_report
-from .experiments.runner import ensure_data
+from .experiments.runner import ensure_data, unfinished_runs
 from .experiments.spec import PATTERN_FIELDS, PROBE_TASKS, SCALES
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", *PROBE_TASKS)
@@ -116,7 +116,12 @@ def _execute(spec: ExperimentSpec, folder: Path, args: argparse.Namespace) -> in
         except RuntimeError as error:  # report what did finish, then fail
             failure = str(error)
     else:
-        counts = work(spec, folder, quiet=args.quiet)
+        try:
+            counts = work(spec, folder, quiet=args.quiet)
+        except Exception:  # the error itself follows (main prints it)
+            if not args.no_report:
+                _print_unfinished(spec, folder, total)
+            raise
         print(f"runs: {counts['ran']} trained now, {counts['done']} already done, "
               f"{counts['busy']} held by other processes")  # fmt: skip
     if not args.no_report:
@@ -124,8 +129,21 @@ def _execute(spec: ExperimentSpec, folder: Path, args: argparse.Namespace) -> in
         print(f"\n{table}\n\nwrote {folder / 'report.md'}")
     if failure:
         print(f"ernie-sparse: error: {failure}", file=sys.stderr)
-        return 1
-    return 0
+    # A worker (--no-report) leaves the folder-wide check to its parent: its siblings
+    # are still training the runs it skipped.
+    unfinished = not args.no_report and _print_unfinished(spec, folder, total)
+    return 1 if failure or unfinished else 0
+
+
+def _print_unfinished(spec: ExperimentSpec, folder: Path, total: int) -> bool:
+    """List the experiment's runs that are not done (on stderr); True when there are."""
+    unfinished = unfinished_runs(spec, folder)
+    if unfinished:
+        lines = "".join(f"\n  {line}" for line in unfinished)
+        print(f"ernie-sparse: error: {len(unfinished)} of {total} runs not finished:{lines}\n"
+              f"finish them with: ernie-sparse experiment resume {folder}",
+              file=sys.stderr)  # fmt: skip
+    return bool(unfinished)
 
 
 def _check_same_spec(saved: ExperimentSpec, wanted: ExperimentSpec, folder: Path) -> None:

@@ -39,7 +39,7 @@ class HSTConfig:
     enabled: bool = False  # insert a representative token per local block + hierarchical attention
     shared_weights: bool = False  # hierarchical attention reuses the sparse layer's (Table 5 #3)
     pooling: Literal["mean", "max", "cls"] = "mean"  # over representatives, or the first token
-    distribute: Literal["representative", "block"] = "representative"  # who gets the update back
+    distribute: Literal["representative", "block"] = "block"  # update its block, or only itself
     position: Literal["none", "block"] = "none"  # block: + position embedding of its first token
     init: Literal["random", "sparse"] = "random"  # sparse: start as a copy of the layer's weights
     feed_forward: bool = False  # a feed-forward sublayer on the representatives after it
@@ -120,6 +120,12 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
         _check_choice("layer_norm", self.layer_norm, LAYER_NORMS)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("attention_backend", self.attention_backend, ("auto", *BACKENDS))
@@ -144,6 +150,11 @@ class ModelConfig:
             raise ValueError(f"block_size must be >= {minimum} here, got {self.block_size}")
         if self.num_global < 0:
             raise ValueError(f"num_global must be >= 0, got {self.num_global}")
+        if self.num_global > self.max_positions:
+            raise ValueError(
+                f"num_global={self.num_global} global tokens do not fit in "
+                f"max_positions={self.max_positions}"
+            )
         if self.pattern == "blockbert":
             heads = sum(parse_head_split(str(self.pattern_params.get("head_split", ""))))
             if heads != self.num_heads:

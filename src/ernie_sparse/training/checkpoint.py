@@ -58,10 +58,26 @@ def _numpy_state_from_plain(state: tuple) -> tuple:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A ``checkpoint.pt`` of tensors and plain types; anything else is refused, never run."""
-    return torch_load_weights_only(
-        path,
-        advice="either it was written by an older ernie-sparse (before checkpoints held only "
-        "tensors) or it is unsafe. Start the run again, or resume it with the version that "
-        "wrote it if you trust the file",
-    )
+    """A ``checkpoint.pt`` of tensors and plain types; anything else is refused, never run.
+    A truncated or corrupt file is a ``ValueError`` naming it."""
+    try:
+        checkpoint = torch_load_weights_only(
+            path,
+            advice="either it was written by an older ernie-sparse (before checkpoints held "
+            "only tensors) or it is unsafe. Start the run again, or resume it with the version "
+            "that wrote it if you trust the file",
+        )
+    except (RuntimeError, EOFError) as error:  # e.g. "failed finding central directory"
+        detail = str(error).split(". ")[0].strip() or type(error).__name__
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({detail}): it is truncated or corrupt; "
+            "move it away to train the run again from step 0"
+        ) from None
+    keys = checkpoint if isinstance(checkpoint, dict) else {}
+    missing = [key for key in CHECKPOINT_KEYS if key not in keys]
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+    return checkpoint
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "loop", "rng", "pattern_generator")

@@ -6,14 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-from safetensors.torch import load_file
-
 from ..analysis import WordOrderShift
+from ..files import load_safetensors
 from ..models.config import parse_overrides
-from .config import RunConfig, merge_values, preset_values, resolve
+from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
 from .distributed import init_world
 from .loop import Run
+from .resume import apply_resume_changes, check_source
 from .tasks import get_task
 
 
@@ -29,23 +28,63 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run_train)
 
 
-def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    if args.resume and (args.out / "config.yaml").is_file() and not (args.preset or args.config):
-        values = yaml.safe_load((args.out / "config.yaml").read_text())
-        return RunConfig.from_dict(values)
-    if bool(args.preset) == bool(args.config):
-        raise ValueError("give exactly one of --preset NAME or --config FILE")
-    values = preset_values(str(args.config or args.preset))
+def command_line_values(args: argparse.Namespace) -> dict:
+    """What this command line asks for: ``key=value`` overrides, --data, --max-steps."""
     overrides = parse_overrides(args.overrides)
+    unknown = sorted(set(overrides) - {"model", "train"})
+    if unknown:
+        raise ValueError(
+            f"override section(s) {', '.join(unknown)} unknown; keys start with model. or train."
+        )
     if args.data:
         overrides = merge_values(overrides, {"train": {"data": args.data}})
     if args.max_steps is not None:
         overrides = merge_values(overrides, {"train": {"max_steps": args.max_steps}})
-    return resolve(merge_values(values, overrides))
+    return overrides
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A new run: the preset or config file + the command line. A resumed one: the run's
+    saved config.yaml with what ``resume.apply_resume_changes`` allows (said in lines)."""
+    config, _ = run_config_and_notes(args)
+    return config
+
+
+def run_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
+    """The run's config and the lines saying what a resume changes in it."""
+    saved = args.out / "config.yaml"
+    if args.resume and saved.is_file():
+        return resumed_config(args, saved)
+    if bool(args.preset) == bool(args.config):
+        if args.resume:
+            raise ValueError(
+                f"{args.out} holds no config.yaml to resume from; give --preset NAME or "
+                "--config FILE to start the run"
+            )
+        raise ValueError("give exactly one of --preset NAME or --config FILE")
+    source = str(args.preset) if args.preset else str(Path(args.config).resolve())
+    config = resolve(merge_values(preset_values(str(args.config or args.preset)),
+                                  command_line_values(args)))  # fmt: skip
+    config.source = source
+    return config, []
+
+
+def resumed_config(args: argparse.Namespace, saved: Path) -> tuple[RunConfig, list[str]]:
+    run = load_run_config(saved)
+    asked = command_line_values(args)
+    if args.preset and args.config:
+        raise ValueError("give at most one of --preset NAME or --config FILE")
+    config, notes = apply_resume_changes(run, asked, run_dir=args.out)
+    if args.preset or args.config:
+        flag = "--preset" if args.preset else "--config"
+        given = str(args.preset or args.config)
+        notes += check_source(config, given, flag=flag, asked=asked, run_dir=args.out)
+    return config, notes
 
 
 def run_train(args: argparse.Namespace) -> int:
-    run = Run(run_config_from_args(args), args.out, resume=args.resume, quiet=args.quiet)
+    config, notes = run_config_and_notes(args)
+    run = Run(config, args.out, resume=args.resume, quiet=args.quiet, notes=notes)
     final = run.train()
     if run.world.is_main:
         print(json.dumps({"step": run.state.step, **final}))
@@ -75,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config_path = args.run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not a run directory")
-    config = RunConfig.from_dict(yaml.safe_load(config_path.read_text()))
+    config = load_run_config(config_path)
     if args.data:
         config.train.data = args.data
     task = get_task(config.train.task)
@@ -84,7 +123,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     weights = args.run_dir / args.weights
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file in the run directory")
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        model.load_state_dict(load_safetensors(weights))
+    except RuntimeError as error:  # size mismatch, missing or unexpected keys
+        lines = [line.strip() for line in str(error).strip().splitlines()]
+        detail = " ".join(lines[1:3]) or lines[0]
+        raise ValueError(f"{weights} does not fit the model of {config_path} ({detail})") from None
     attack = parse_attack(args.attack, config.model.num_global)
     world = init_world()
     model.to(world.device)

@@ -8,14 +8,14 @@ command line use dotted keys: ``train.lr=0.01``, ``model.hst.pooling=max``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from ..files import load_mapping, load_yaml
 from ..models import ModelConfig, preset
-from ..models.config import build_dataclass
+from ..models.config import _check_choice, _check_positive, build_dataclass
 
 DECAYS = ("rsqrt", "cosine", "linear", "constant")
 
@@ -55,15 +55,79 @@ class TrainConfig:
     max_answer_tokens: int = 30  # QA: longest predicted answer span, in tokens
     global_prefix: int = 0  # QA: tokens of the global question prefix; must equal model.num_global
 
+    def __post_init__(self) -> None:
+        """Every field checked by name, so a bad value fails at load time, not mid-run."""
+        for name in ("max_length", "batch_size", "grad_accum", "max_steps", "eval_every"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("log_every", "doc_stride", "max_answer_tokens"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "eval_max_batches", "patience", "global_prefix", "seed"):
+            _check_at_least_zero(f"train.{name}", getattr(self, name))
+        if self.grad_accum > self.batch_size:
+            raise ValueError(
+                f"train.grad_accum={self.grad_accum} is more micro-batches than "
+                f"train.batch_size={self.batch_size} has examples"
+            )
+        for name in ("lr", "weight_decay", "clip_norm", "stop_at"):
+            _check_number(f"train.{name}", getattr(self, name), low=0.0)
+        _check_number("train.val_fraction", self.val_fraction, low=0.0, high=1.0, open_high=True)
+        _check_number(
+            "train.mask_probability", self.mask_probability, low=0.0, high=1.0,
+            open_low=True, open_high=True,
+        )  # fmt: skip
+        _check_choice("train.decay", self.decay, DECAYS)
+        for name in ("bf16", "grad_checkpointing", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("task", "data", "init_from", "tokenizer"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"train.{name} must be a string, got {getattr(self, name)!r}")
+        if not self.task:
+            raise ValueError("train.task must name a task (e.g. listops)")
+
+
+def _check_at_least_zero(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def _check_number(
+    name: str,
+    value: float,
+    *,
+    low: float,
+    high: float = math.inf,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
+    """A finite real number in [low, high] (open at either end when asked)."""
+    left, right = "(" if open_low else "[", ")" if open_high else "]"
+    interval = f"in {left}{low:g}, {high:g}{right}" if high < math.inf else f">= {low:g}"
+    if open_low and high == math.inf:
+        interval = f"> {low:g}"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if (
+        not number
+        or not math.isfinite(value)
+        or value < low
+        or value > high
+        or (open_low and value == low)
+        or (open_high and value == high)
+    ):
+        raise ValueError(f"{name} must be a number {interval}, got {value!r}")
+
 
 @dataclass
 class RunConfig:
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     model_preset: str = "ernie-sparse"  # the preset the model section started from
+    source: str = ""  # the --preset or --config a command-line run started from; "" = none
 
     def to_dict(self) -> dict[str, Any]:
+        values = {"source": self.source} if self.source else {}  # absent when none
         return {
+            **values,
             "model_preset": self.model_preset,
             "model": self.model.to_dict(),
             "train": dataclasses.asdict(self.train),
@@ -75,6 +139,7 @@ class RunConfig:
             model=ModelConfig.from_dict(values["model"]),
             train=build_dataclass(TrainConfig, values.get("train", {}), prefix="train."),
             model_preset=values.get("model_preset", "ernie-sparse"),
+            source=values.get("source") or "",
         )
 
 
@@ -96,8 +161,19 @@ def find_preset(name: str) -> Path:
     raise ValueError(f"unknown preset {name!r}; known: {', '.join(dict.fromkeys(known))}")
 
 
+def load_run_config(path: Path) -> RunConfig:
+    """A run's saved ``config.yaml``; a truncated, corrupt or stale file names itself."""
+    values = load_mapping(path, what="a run config with model and train sections")
+    if not isinstance(values.get("model"), dict):
+        raise ValueError(f"{path}: no model section (truncated, or not a run's config.yaml?)")
+    try:
+        return RunConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{path}: {error}") from None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a preset must be a mapping with model/train sections")
     unknown = sorted(set(values) - {"base", "model", "train"})

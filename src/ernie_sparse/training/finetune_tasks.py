@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -31,6 +30,7 @@ from ..data.masking import mask_tokens
 from ..data.qa import ChoiceDataset, SpanQADataset, read_span_qa, read_wikihop
 from ..data.qa_metrics import best_over_golds, classification_scores
 from ..data.tokenize import Subword
+from ..files import load_mapping
 from ..models import ModelConfig
 from ..models.heads import (
     IGNORE_INDEX,
@@ -56,7 +56,8 @@ def tokenizer_path(train: TrainConfig) -> str:
         source = Path(train.init_from)
         run_config = source / "config.yaml"
         if not (source / "tokenizer.json").is_file() and run_config.is_file():
-            used = (yaml.safe_load(run_config.read_text()).get("train") or {}).get("tokenizer")
+            values = load_mapping(run_config, what="a run config with a train section")
+            used = (values.get("train") or {}).get("tokenizer")
             if used:
                 return str(used)
         return str(source / "tokenizer.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,20 @@ def optimizer_for(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
 
 
 class Run:
-    """One training run in ``out``; ``resume`` continues from its checkpoint."""
+    """One training run in ``out``; ``resume`` continues from its checkpoint (from step 0
+    when it has none yet). ``notes``: lines about what the resume changed (printed once the
+    checkpoint is known to allow it; see resume.py)."""
 
-    def __init__(self, config: RunConfig, out: Path, *, resume: bool, quiet: bool = False):
-        self.config, self.out, self.quiet = config, Path(out), quiet
+    def __init__(
+        self,
+        config: RunConfig,
+        out: Path,
+        *,
+        resume: bool,
+        quiet: bool = False,
+        notes: Sequence[str] = (),
+    ):
+        self.config, self.out, self.quiet, self.notes = config, Path(out), quiet, tuple(notes)
         self.world = init_world()
         train = config.train
         torch.manual_seed(train.seed)
@@ -77,6 +88,7 @@ class Run:
         self.val_set = self.task.read(train, "val")
         self._check_data(self.train_set)
         self.module = self.task.build(config.model, self.train_set.info)
+        self._check_batch(self.train_set)
         if train.init_from and not (resume and self.checkpoint_path.is_file()):
             from .pretrain import warm_start  # a resumed run restores its own weights
 
@@ -103,6 +115,23 @@ class Run:
         if model.max_positions < info.max_length:
             raise ValueError(
                 f"model.max_positions={model.max_positions} < train.max_length={info.max_length}"
+            )
+
+    def _check_batch(self, dataset) -> None:
+        """The global batch must fit the training split and split over micro-batches and
+        processes (checked after the task's own checks of the model)."""
+        train = self.config.train
+        if train.batch_size > len(dataset):
+            raise ValueError(
+                f"train.batch_size={train.batch_size} is larger than the training split "
+                f"({len(dataset)} examples in {train.data or 'train.data'}); "
+                f"use train.batch_size={len(dataset)} or less"
+            )
+        if train.batch_size < train.grad_accum * self.world.size:
+            raise ValueError(
+                f"train.batch_size={train.batch_size} cannot be split into "
+                f"train.grad_accum={train.grad_accum} micro-batches on each of "
+                f"{self.world.size} processes (it needs at least one example each)"
             )
 
     def _report_reachability(self) -> None:
@@ -134,36 +163,111 @@ class Run:
         return self.out / "checkpoint.pt"
 
     def _start(self, resume: bool) -> None:
-        if resume and self.checkpoint_path.is_file():
+        restart = resume and not self.checkpoint_path.is_file()
+        if resume and not restart:
             self._restore(load_checkpoint(self.checkpoint_path))
-        elif self.checkpoint_path.is_file() or (self.out / "metrics.jsonl").is_file():
+            self._check_resumed_steps()
+        elif not resume and (
+            self.checkpoint_path.is_file() or (self.out / "metrics.jsonl").is_file()
+        ):
             raise ValueError(f"{self.out} already holds a run; pass --resume or another --out")
+        for line in self.notes:
+            self._note(line)
         if self.world.is_main:
+            if restart:
+                self._clear_unfinished_start()
             self.out.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-            (self.out / "config.yaml").write_text(text)
+            temporary = self.out / "config.yaml.tmp"
+            temporary.write_text(text)
+            temporary.replace(self.out / "config.yaml")
             self._trim_metrics()
         barrier(self.world)
 
+    def _note(self, text: str) -> None:
+        """A line about what resuming does (printed even with --quiet, on rank 0)."""
+        if self.world.is_main:
+            print(f"{self.out}: {text}", flush=True)
+
+    def _clear_unfinished_start(self) -> None:
+        """--resume on a run with no checkpoint yet (killed before or during its first
+        checkpoint write): remove what the discarded start left and train from step 0."""
+        leftovers = ("checkpoint.pt.tmp", "metrics.jsonl", "best.safetensors")
+        leftovers += ("best.safetensors.tmp", "model.safetensors.tmp")
+        removed = [name for name in leftovers if (self.out / name).is_file()]
+        for name in removed:
+            (self.out / name).unlink()
+        if removed:
+            what = f"removed what the unfinished start left ({', '.join(removed)})"
+            self._note(f"no checkpoint.pt yet (stopped before its first one): {what}; "
+                       "training from step 0")  # fmt: skip
+        else:
+            self._note("no checkpoint.pt to resume from: training from step 0")
+
+    def _check_resumed_steps(self) -> None:
+        step, max_steps = self.state.step, self.config.train.max_steps
+        if step > max_steps:
+            raise ValueError(
+                f"{self.out}: the run has done {step} steps, more than "
+                f"train.max_steps={max_steps}; resume with --max-steps {step} or more"
+            )
+        if self.state.stopped_early:
+            self._note(f"the run stopped early at step {step} (train.patience or "
+                       "train.stop_at): there is nothing more to train")  # fmt: skip
+
     def _trim_metrics(self) -> None:
-        """Drop metrics written after the checkpoint (they will be written again)."""
+        """Drop metrics written after the checkpoint (they will be written again), and a
+        half-written last line (a kill mid-write) with a note."""
         path = self.out / "metrics.jsonl"
         if not path.is_file():
             return
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= self.state.step
-        ]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                step = record["step"]
+            except (ValueError, KeyError, TypeError):
+                if number < len(lines):
+                    raise ValueError(
+                        f"{path}: line {number} is not a metrics record ({line[:60]!r}); "
+                        "the file is corrupt"
+                    ) from None
+                self._note(f"dropped the half-written last line of metrics.jsonl ({line[:40]!r})")
+                continue
+            if step <= self.state.step:
+                kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.module.load_state_dict(checkpoint["model"])
+        try:
+            self.module.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:  # size mismatch, missing or unexpected keys
+            first = str(error).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+            raise ValueError(
+                f"{self.checkpoint_path} does not fit the model of {self.out / 'config.yaml'} "
+                f"({detail}); was config.yaml edited? Train with that config in another --out"
+            ) from None
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._apply_schedule()
         self.state = LoopState(**checkpoint["loop"])
         set_rng_states(checkpoint["rng"])
         self._pattern_generator().set_state(checkpoint["pattern_generator"])
+
+    def _apply_schedule(self) -> None:
+        """The next step's learning rate from this run's schedule (built from its config),
+        not the checkpoint's: the same value unless a resume changed train.max_steps, when
+        the schedule is rebuilt for the new total from the next step on."""
+        scheduler = self.scheduler
+        rates = [
+            base * factor(scheduler.last_epoch)
+            for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        ]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = rates
 
     def _pattern_generator(self) -> torch.Generator:
         return self.module.encoder.layouts.generator

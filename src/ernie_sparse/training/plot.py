@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
+from ..files import load_mapping
 from ..plotting import pyplot, save_figure
 
 
@@ -16,7 +15,14 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a run directory (no metrics.jsonl)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):  # a half-written last line (a kill mid-write) is left out
+                raise ValueError(f"{path}: line {number} is not a JSON record") from None
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_accuracy" in r]
     return train, evals
@@ -24,7 +30,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def passes_per_step(run_dir: Path) -> int:
     """2 when the run trained with SAOR (its logged NLL sums both passes), else 1."""
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    config = load_mapping(Path(run_dir) / "config.yaml", what="a run config")
     return 2 if config["model"]["saor"]["alpha"] > 0 else 1
 
 

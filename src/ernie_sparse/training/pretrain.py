@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
 from ..data.corpus import find_text_files, train_tokenizer
@@ -25,7 +24,8 @@ from ..data.tokenize import Subword
 from ..models import MaskedLM, ModelConfig, preset
 from ..models.config import parse_overrides
 from ..models.presets import PRESETS
-from .config import RunConfig, merge_values, preset_values, resolve
+from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
+from .resume import apply_resume_changes
 
 log = logging.getLogger("ernie_sparse.training")
 DEFAULT_CONFIG = "pretrain/mlm-tiny"  # from scratch
@@ -57,9 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pretrain_config(args: argparse.Namespace) -> RunConfig:
     """The run's config: the saved one on resume, else preset + flags + overrides."""
+    return pretrain_config_and_notes(args)[0]
+
+
+def pretrain_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
+    """The run's config and the lines saying what a resume changes in it."""
     saved = args.out / "config.yaml"
-    if args.resume and saved.is_file():
-        return RunConfig.from_dict(yaml.safe_load(saved.read_text()))
+    if args.resume and saved.is_file():  # what a resume may change: training/resume.py
+        flags = {"data": str(args.corpus), "max_steps": args.max_steps}
+        flags.update(init_from=args.init_from, tokenizer=args.tokenizer)
+        flags = {key: value for key, value in flags.items() if value is not None}
+        asked = merge_values(parse_overrides(args.overrides), {"train": flags})
+        return apply_resume_changes(load_run_config(saved), asked, run_dir=args.out)
     name = args.config or (WARM_CONFIG if args.init_from else DEFAULT_CONFIG)
     values = merge_values(preset_values(name), parse_overrides(args.overrides))
     flags = {"task": "mlm", "data": str(args.corpus)}
@@ -77,7 +86,7 @@ def pretrain_config(args: argparse.Namespace) -> RunConfig:
         values["model"] = {k: v for k, v in values.get("model", {}).items() if k != "vocab_size"}
     else:  # a model from scratch has exactly the tokenizer's vocabulary
         values = merge_values(values, {"model": {"vocab_size": Subword(tokenizer).vocab_size}})
-    return resolve(values)
+    return resolve(values), []
 
 
 def _default_tokenizer(args: argparse.Namespace, init_from: str | None) -> Path:
@@ -95,7 +104,8 @@ def _default_tokenizer(args: argparse.Namespace, init_from: str | None) -> Path:
 def run_pretrain(args: argparse.Namespace) -> int:
     from .loop import Run
 
-    run = Run(pretrain_config(args), args.out, resume=args.resume, quiet=args.quiet)
+    config, notes = pretrain_config_and_notes(args)
+    run = Run(config, args.out, resume=args.resume, quiet=args.quiet, notes=notes)
     final = run.train()
     if run.world.is_main:
         print(json.dumps({"step": run.state.step, **final}))

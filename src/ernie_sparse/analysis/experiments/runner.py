@@ -4,9 +4,12 @@ A run (cell x seed) lives in ``runs/<cell>/seed-<s>/`` and is *done* when it
 holds ``model.safetensors`` (the loop's final weights) and ``result.json``
 (our test evaluation). Any number of processes may work on one experiment
 folder: each takes a run by creating ``seed-<s>.lock`` with O_CREAT | O_EXCL
-and skips runs another live process holds; a lock whose process has died
-(same host, pid gone) is taken over. A run that was killed resumes from its
-checkpoint.
+and skips runs another live process holds. The lock names its owner by pid, host
+name, host id (machine id + boot id) and the process's start time, so a lock is
+taken over when its owner is gone: same machine and either another boot, no such
+pid, or a pid that now belongs to another process (other start time). A lock of
+another machine is never taken; the command ends non-zero listing such runs. A run
+that was killed resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ RESULT = "result.json"
 SOLVED = 0.95  # validation accuracy at which a probe counts as learned
 FINAL_WEIGHTS = "model.safetensors"
 # Files the loop writes before its first checkpoint; a run killed then starts afresh.
-PARTIAL_FILES = ("metrics.jsonl", "config.yaml", "best.safetensors")
+PARTIAL_FILES = ("metrics.jsonl", "config.yaml", "best.safetensors", "checkpoint.pt.tmp")
 
 
 def run_dir(folder: Path, cell: Cell, seed: int) -> Path:
@@ -47,12 +50,55 @@ def is_done(directory: Path) -> bool:
     return (directory / FINAL_WEIGHTS).is_file() and (directory / RESULT).is_file()
 
 
+def host_id() -> str:
+    """This machine and boot: ``<machine id>:<boot id>`` (/etc/machine-id, else the host
+    name; /proc/sys/kernel/random/boot_id, else "-"). No spaces."""
+    machine = _first_line("/etc/machine-id", "/var/lib/dbus/machine-id") or socket.gethostname()
+    boot = _first_line("/proc/sys/kernel/random/boot_id") or "-"
+    return f"{machine}:{boot}".replace(" ", "_")
+
+
+def _first_line(*paths: str) -> str | None:
+    for path in paths:
+        try:
+            line = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if line:
+            return line
+    return None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as a token that differs between two processes that
+    had the same pid: ``proc:<ticks since boot>`` (/proc/<pid>/stat field 22), else
+    ``psutil:<seconds>`` when psutil is installed; None when unknown or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        stat = None
+    if stat is not None:
+        fields = stat.rpartition(")")[2].split()  # after "pid (comm)": fields 3, 4, ...
+        if len(fields) > 19 and fields[19].isdigit():
+            return f"proc:{fields[19]}"
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return f"psutil:{psutil.Process(pid).create_time():.3f}"
+    except (psutil.Error, OSError):
+        return None
+
+
 class RunLock:
-    """An exclusive lock file holding "pid host"; stale when that process is gone."""
+    """An exclusive lock file holding "pid host host-id start-time nonce"; stale when that
+    process is gone (see ``_is_stale``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.owner = f"{os.getpid()} {socket.gethostname()} {time.time_ns()}"
+        start = process_start(os.getpid()) or "-"
+        self.owner = f"{os.getpid()} {_host_name()} {host_id()} {start} {time.time_ns()}"
         self.held = False
 
     def acquire(self) -> bool:
@@ -103,20 +149,92 @@ class RunLock:
 
 
 def _is_stale(owner: str, path: Path) -> bool:
+    """Whether the lock's owner is certainly gone. A lock of another machine is never
+    stale (we cannot look at its processes); one of this machine is when it was taken in
+    another boot, when its pid is dead, or when that pid now has another start time (a pid
+    reused after a reboot or by an unrelated process). Older locks ("pid host nonce") are
+    judged by host name and pid, and by start time against the lock file's age."""
     parts = owner.split()
     if len(parts) < 2 or not parts[0].isdigit():
         # Created but not written yet (or garbage): stale once it has been so for a minute.
         return time.time() - path.stat().st_mtime > 60
     pid, host = int(parts[0]), parts[1]
-    if host != socket.gethostname():
+    if host != _host_name():
         return False  # another machine's process: we cannot tell, so never steal it
+    if len(parts) >= 5:
+        machine, _, boot = parts[2].rpartition(":")
+        my_machine, _, my_boot = host_id().rpartition(":")
+        if machine != my_machine:
+            return False  # another machine of the same name
+        if boot != my_boot and "-" not in (boot, my_boot):
+            return True  # taken before this machine last booted: its process is gone
+        if not _pid_alive(pid):
+            return True
+        recorded, now = parts[3], process_start(pid)
+        if recorded == "-" or now is None or now.partition(":")[0] != recorded.partition(":")[0]:
+            return False  # start times not comparable: the pid alone says alive
+        return now != recorded  # the pid belongs to another process now
+    if not _pid_alive(pid):
+        return True
+    started = _process_started_at(pid)  # after the lock was written: not its owner
+    return started is not None and started > path.stat().st_mtime + 2.0
+
+
+def _host_name() -> str:
+    return socket.gethostname().replace(" ", "_") or "-"
+
+
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _process_started_at(pid: int) -> float | None:
+    """Wall-clock start of ``pid`` in seconds (Linux /proc: boot time + start ticks)."""
+    start = process_start(pid)
+    if start is None:
+        return None
+    source, _, value = start.partition(":")
+    if source == "psutil":
+        return float(value)
+    try:
+        stat = Path("/proc/stat").read_text()
+        boot = next(float(row.split()[1]) for row in stat.splitlines() if row[:6] == "btime ")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + int(value) / os.sysconf("SC_CLK_TCK")
+
+
+def describe_lock(path: Path) -> str:
+    """Who holds a run's lock, in words (for the list of unfinished runs)."""
+    owner = RunLock._read(path)
+    if owner is None:
+        return "not finished"
+    parts = owner.split()
+    if len(parts) >= 2 and parts[0].isdigit():
+        who = f"pid {parts[0]} on host {parts[1]}"
+    else:
+        who = f"an unreadable owner {owner[:40]!r}"
+    return f"held by {who} (lock {path}); if that process is gone, delete the lock file and resume"
+
+
+def unfinished_runs(spec: ExperimentSpec, folder: Path) -> list[str]:
+    """One line per run of the experiment that is not done: where, and why if known."""
+    lines = []
+    for seed in spec.seeds:
+        for cell in spec.cells:
+            directory = run_dir(folder, cell, seed)
+            if is_done(directory):
+                continue
+            lock = directory.parent / f"seed-{seed}.lock"
+            why = describe_lock(lock) if lock.exists() else "not finished (see the output above)"
+            lines.append(f"{cell.label} seed {seed} ({directory}): {why}")
+    return lines
 
 
 def check_same_config(directory: Path, config: RunConfig) -> None:

@@ -172,9 +172,9 @@ def robustness_cells(task: str) -> tuple[Cell, ...]:
 # The HST-route study (issue: is the route token -> representative -> representatives ->
 # readout learned?): HST variants at BERT's initialization and at a width-scaled one.
 HST_VARIANTS: dict[str, dict[str, Any]] = {
-    "representative": {},  # the paper's reading: updates written back at the representative
+    "representative": {"distribute": "representative"},  # updates at the representative only
     "block": {"distribute": "block"},  # every token of the block gets its update
-    "warm-start": {"init": "sparse"},  # hierarchical weights start as the sparse layer's
+    "warm-start": {"distribute": "representative", "init": "sparse"},  # as the sparse layer's
 }
 HST_ROUTE_INITS = (0.02, 0.125)  # BERT's std; 1 / sqrt(hidden 64)
 
