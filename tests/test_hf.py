@@ -155,7 +155,7 @@ def test_converted_bert_reproduces_transformers(tmp_path, capsys):
     assert main([*argv, "--pattern", "dense", "--no-hst"]) == 0
     printed = capsys.readouterr().out
     assert "6 layers" in printed and "positions: 512 -> 512" in printed
-    assert "HST: off" in printed and "pooler.dense.weight" in printed
+    assert "HST: off" in printed and "pooler: copied" in printed
     model = transformers.AutoModel.from_pretrained(out).eval()
     assert isinstance(model, ErnieSparseModel)
     reference = transformers.BertModel.from_pretrained(source).eval()
@@ -167,10 +167,17 @@ def test_converted_bert_reproduces_transformers(tmp_path, capsys):
     )
     assert not batch["attention_mask"].all()  # the batch is padded
     with torch.no_grad():
-        ours = model(**batch).last_hidden_state
-        theirs = reference(**batch).last_hidden_state
+        ours = model(**batch, output_hidden_states=True)
+        theirs = reference(**batch, output_hidden_states=True)
     mask = batch["attention_mask"].bool()
-    assert float((ours - theirs)[mask].abs().max()) < TOLERANCE
+    difference = ours.last_hidden_state - theirs.last_hidden_state
+    assert float(difference[mask].abs().max()) < TOLERANCE
+    # BERT's pooler is kept: pooler_output is tanh(dense(CLS)), as BertModel's.
+    assert float((ours.pooler_output - theirs.pooler_output).abs().max()) < TOLERANCE
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == 7
+    pairs = zip(ours.hidden_states, theirs.hidden_states, strict=True)
+    for layer, (mine, bert) in enumerate(pairs):
+        assert float((mine - bert)[mask].abs().max()) < TOLERANCE, layer
 
 
 def test_convert_extends_positions_and_runs_long_inputs(tmp_path, capsys):

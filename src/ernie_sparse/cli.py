@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_arguments(
         commands.add_parser("convert", help="warm-start from a BERT/RoBERTa checkpoint")
     )
+    from .training import export
+
+    export.add_arguments(commands.add_parser("export", help="a training run as a HF folder"))
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 

@@ -103,8 +103,12 @@ def convert(
         raise ValueError(f"hst_init must be copy or fresh, got {hst_init!r}")
     source, out = Path(source), Path(out)
     checkpoint = read_checkpoint(source, **overrides)
-    config = ErnieSparseConfig(model=checkpoint.config, pad_token_id=_pad_token_id(source))
     model_class = ErnieSparseForMaskedLM if checkpoint.mlm_head is not None else ErnieSparseModel
+    # BERT's pooler lives in the base model (as in BertModel; BertForMaskedLM has none).
+    use_pooler = checkpoint.pooler is not None and model_class is ErnieSparseModel
+    config = ErnieSparseConfig(
+        model=checkpoint.config, pad_token_id=_pad_token_id(source), use_pooler=use_pooler
+    )
     with torch.random.fork_rng(devices=[]):  # weights the checkpoint lacks, reproducibly
         torch.manual_seed(seed)
         model = model_class(config)
@@ -113,6 +117,8 @@ def convert(
     if checkpoint.mlm_head is not None:
         native = model.ernie_sparse
         state.update(checkpoint.mlm_head)
+    if use_pooler:
+        state.update(_prefixed(checkpoint.pooler, "pooler."))
     missing = load_into(native, state)
     copied = []
     if hst_init == "copy":
@@ -151,11 +157,20 @@ def describe(
     lines.append(
         f"MLM head: {'copied' if checkpoint.mlm_head is not None else 'none in checkpoint'}"
     )
+    lines.append(_pooler_line(checkpoint))
     if fresh:
         lines.append(f"freshly initialized: {', '.join(fresh)}")
     if checkpoint.unused:
         lines.append(f"not used from the checkpoint: {', '.join(checkpoint.unused)}")
     return lines
+
+
+def _pooler_line(checkpoint: Checkpoint) -> str:
+    if checkpoint.pooler is None:
+        return "pooler: none in checkpoint"
+    if checkpoint.mlm_head is not None:
+        return "pooler: not used (the MaskedLM model has none; pooler.dense.* left out)"
+    return "pooler: copied (dense + tanh on the pooled state, use_pooler)"
 
 
 def _attention_line(config: ModelConfig) -> str:

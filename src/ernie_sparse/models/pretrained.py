@@ -17,7 +17,6 @@ rows (never used as positions) are kept in front.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from ..files import load_json, load_safetensors, load_yaml
 from ..safety import OutsideFolderError, inside, torch_load_weights_only
 from .config import ModelConfig
 from .encoder import Encoder
@@ -120,6 +119,7 @@ class Checkpoint:
     source: str  # "bert", "roberta" or "ernie_sparse"
     unused: list[str] = field(default_factory=list)  # checkpoint entries that went nowhere
     old_max_positions: int = 0  # before any max_positions override
+    pooler: dict[str, torch.Tensor] | None = None  # BERT's pooler: dense.weight, dense.bias
 
 
 def load_encoder(
@@ -225,9 +225,7 @@ def is_run_directory(directory: Path) -> bool:
 
 def _from_run(directory: Path) -> Checkpoint:
     """A run's best weights (else its final ones) and the model section of its config."""
-    import yaml
-
-    run = yaml.safe_load((directory / "config.yaml").read_text())
+    run = load_yaml(directory / "config.yaml")
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
         raise ValueError(f"{directory}/config.yaml: no model section (not a run directory)")
     weights_path = next(
@@ -242,7 +240,7 @@ def _from_run(directory: Path) -> Checkpoint:
         "model": run["model"],
         "architectures": ["ErnieSparseForMaskedLM"] if is_mlm else [],
     }
-    return _from_ernie_sparse(hf_config, load_file(weights_path), directory)
+    return _from_ernie_sparse(hf_config, load_safetensors(weights_path), directory)
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -251,7 +249,7 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (not a Hugging Face checkpoint)")
-    return json.loads(path.read_text())
+    return load_json(path)
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -261,7 +259,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             return _load_weight_file(directory / name)
         index = directory / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(load_json(index)["weight_map"].values()))
             paths = [_shard_path(index, directory, shard) for shard in shards]  # all, first
             weights: dict[str, torch.Tensor] = {}
             for path in paths:
@@ -284,7 +282,7 @@ def _shard_path(index: Path, directory: Path, shard: object) -> Path:
 
 def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return load_safetensors(path)
     return torch_load_weights_only(
         path, advice="it is unsafe or not a plain state dict (use its safetensors weights)"
     )
@@ -329,6 +327,7 @@ def apply_overrides(checkpoint: Checkpoint, overrides: dict[str, Any]) -> Checkp
         checkpoint.source,
         checkpoint.unused,
         old_max_positions=checkpoint.config.max_positions,
+        pooler=checkpoint.pooler,
     )
 
 
@@ -391,8 +390,17 @@ def _from_bert_like(
     # Our MaskedLM's transform uses gelu; BERT's uses hidden_act (RoBERTa's always gelu).
     if source == "roberta" or config.activation == "gelu":
         mlm_head = _mlm_head(source, remaining, encoder["embeddings.word.weight"], directory)
+    pooler = _pooler(remaining)
     unused = sorted(key for key in remaining if not POSITION_IDS.search(key))
-    return Checkpoint(config, encoder, mlm_head, source, unused)
+    return Checkpoint(config, encoder, mlm_head, source, unused, pooler=pooler)
+
+
+def _pooler(remaining: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """BERT's pooler (``pooler.dense.*``, popped from ``remaining``), or None."""
+    names = ("pooler.dense.weight", "pooler.dense.bias")
+    if not all(name in remaining for name in names):
+        return None
+    return {name.removeprefix("pooler."): remaining.pop(name) for name in names}
 
 
 def _modern_name(key: str, source: str) -> str:
@@ -462,7 +470,10 @@ def _from_ernie_sparse(
     mlm_names = {"transform.weight", "transform.bias", "norm.weight", "norm.bias", "bias"}
     is_mlm = "ErnieSparseForMaskedLM" in (hf_config.get("architectures") or [])
     mlm_head = {k: others.pop(k) for k in mlm_names if k in others} if is_mlm else None
-    return Checkpoint(config, encoder, mlm_head or None, "ernie_sparse", sorted(others))
+    pooler = _pooler(others)
+    return Checkpoint(
+        config, encoder, mlm_head or None, "ernie_sparse", sorted(others), pooler=pooler
+    )
 
 
 def _check_shapes(checkpoint: Checkpoint, directory: Path) -> None:

@@ -1,0 +1,447 @@
+"""The Hugging Face workflow on our classes: Trainer, loss kwargs, hidden states, tuples,
+gradient checkpointing, attn_implementation, BERT's pooler (ernie_sparse.models.hf)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ernie_sparse.cli import main
+from ernie_sparse.files import load_safetensors
+from ernie_sparse.models import ModelConfig
+
+transformers = pytest.importorskip("transformers")
+from ernie_sparse.models.hf import (  # noqa: E402
+    ErnieSparseConfig,
+    ErnieSparseForMaskedLM,
+    ErnieSparseForQuestionAnswering,
+    ErnieSparseForSequenceClassification,
+    ErnieSparseModel,
+)
+
+TOLERANCE = 1e-5
+
+
+def tiny_config(**overrides) -> ErnieSparseConfig:
+    """BigBird pattern + HST + global tokens: every part of the encoder in use."""
+    values = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_heads=2,
+        num_layers=2,
+        mlp_size=24,
+        max_positions=64,
+        block_size=4,
+        pattern="bigbird",
+        pattern_params={"window_width": 1, "num_random": 1},
+        num_global=4,
+        hst={"enabled": True, "pooling": "mean"},
+    )
+    return ErnieSparseConfig(model=ModelConfig(**{**values, **overrides}), num_labels=3)
+
+
+def band_examples(count: int, *, length: int = 22, seed: int = 0) -> list[dict]:
+    """Label c: every token is drawn from band c of the vocabulary; some rows padded."""
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for index in range(count):
+        label = index % 3
+        ids = torch.randint(5 + 15 * label, 20 + 15 * label, (length,), generator=generator)
+        mask = torch.ones(length, dtype=torch.long)
+        if index % 4 == 1:
+            mask[length - 7 :] = 0
+            ids[length - 7 :] = 0
+        examples.append({"input_ids": ids, "attention_mask": mask, "labels": label})
+    return examples
+
+
+def mean_loss(model, examples: list[dict]) -> float:
+    batch = transformers.default_data_collator(examples)
+    model.eval()
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def trainer_run(tmp_path, *, batch_size: int, accumulation: int):
+    """6 Trainer steps of 8 examples each (one label ignored); returns (model, Trainer,
+    loss on the labelled examples before training). BigBird pattern and global tokens;
+    HST off, which learns this task in 6 steps by a wide margin whatever the seed."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        dropout=0.0,
+        attention_dropout=0.0,
+        initializer_range=0.2,
+        hst={"enabled": False, "pooling": "mean"},
+    )
+    model = ErnieSparseForSequenceClassification(config)
+    examples = band_examples(24)
+    examples[3]["labels"] = -100
+    before = mean_loss(model, labelled(examples))
+    arguments = transformers.TrainingArguments(
+        output_dir=str(tmp_path / f"trainer-{batch_size}"),
+        max_steps=6,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=2e-2,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(model=model, args=arguments, train_dataset=examples)
+    trainer.train()
+    return model, trainer, before
+
+
+def labelled(examples: list[dict]) -> list[dict]:
+    return [example for example in examples if example["labels"] != -100]
+
+
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_fine_tunes_a_sequence_classifier(tmp_path):
+    pytest.importorskip("accelerate")
+    model, trainer, before = trainer_run(tmp_path, batch_size=4, accumulation=2)
+    assert trainer.model_accepts_loss_kwargs  # Trainer passes num_items_in_batch
+    assert trainer.state.global_step == 6 and len(losses(trainer)) == 6
+    examples = band_examples(24)
+    after = mean_loss(model, labelled(examples))
+    assert after < 0.6 * before, (before, after)
+    # num_items_in_batch: two accumulated micro-batches of 4 train as one batch of 8.
+    _, whole, _ = trainer_run(tmp_path, batch_size=8, accumulation=1)
+    assert losses(whole) == pytest.approx(losses(trainer), rel=1e-5)
+
+    model.save_pretrained(tmp_path / "tuned")
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "tuned")
+    assert type(loaded) is ErnieSparseForSequenceClassification
+    batch = transformers.default_data_collator(examples[:8])
+    del batch["labels"]
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_num_items_in_batch_divides_the_summed_loss():
+    torch.manual_seed(0)
+    classifier = ErnieSparseForSequenceClassification(tiny_config()).eval()
+    ids = torch.randint(0, 50, (4, 18))
+    labels = torch.tensor([0, 2, -100, 1])
+    with torch.no_grad():
+        mean = classifier(ids, labels=labels).loss
+        counted = classifier(ids, labels=labels, num_items_in_batch=torch.tensor(3)).loss
+        over_step = classifier(ids, labels=labels, num_items_in_batch=12).loss
+    assert torch.allclose(counted, mean)  # 3 labelled rows: the mean
+    assert torch.allclose(over_step, mean * 3 / 12)  # a quarter of an accumulated step's items
+    mlm = ErnieSparseForMaskedLM(tiny_config()).eval()
+    tokens = torch.full((4, 18), -100)
+    tokens[:, 3] = 7
+    tokens[1, 9] = 11
+    with torch.no_grad():
+        mean = mlm(ids, labels=tokens).loss
+        summed = mlm(ids, labels=tokens, num_items_in_batch=1).loss
+    assert torch.allclose(summed, mean * 5)
+    qa = ErnieSparseForQuestionAnswering(tiny_config()).eval()
+    spans = {"start_positions": torch.tensor([1, 2, 3, 4]), "end_positions": torch.tensor([2] * 4)}
+    with torch.no_grad():
+        mean = qa(ids, **spans).loss
+        counted = qa(ids, **spans, num_items_in_batch=4).loss  # items: examples
+    assert torch.allclose(counted, mean)
+    base = ErnieSparseModel(tiny_config()).eval()
+    assert base(ids, num_items_in_batch=4).last_hidden_state.shape == (4, 18, 16)  # ignored
+
+
+@pytest.mark.parametrize("model_class", [ErnieSparseModel, ErnieSparseForSequenceClassification])
+def test_hidden_states_and_tuples(model_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(layer_norm="pre")).eval()  # last entry: after final norm
+    ids = torch.randint(0, 50, (2, 21))
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask)
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        as_tuple = model(ids, attention_mask=mask, output_hidden_states=True, return_dict=False)
+    assert plain.hidden_states is None
+    states = out.hidden_states
+    assert isinstance(states, tuple) and len(states) == 3
+    assert all(state.shape == (2, 21, 16) for state in states)
+    encoder = model.encoder if model_class is ErnieSparseModel else model.ernie_sparse.encoder
+    embedded = encoder.embeddings(ids, None, encoder.plan(21))
+    assert torch.equal(states[0], embedded[:, encoder.plan(21).token_positions])
+    assert not torch.equal(states[1], states[0])
+    if model_class is ErnieSparseModel:
+        assert torch.equal(states[-1], out.last_hidden_state)
+        assert torch.equal(plain.pooler_output, out.pooler_output)  # no pooler: the pooled state
+    assert isinstance(as_tuple, tuple)
+    expected = out.to_tuple()
+    assert len(as_tuple) == len(expected)
+    for mine, theirs in zip(as_tuple, expected, strict=True):
+        if isinstance(mine, tuple):
+            assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+        else:
+            assert torch.equal(mine, theirs)
+    model.config.output_hidden_states = True  # the config's default, as in transformers
+    with torch.no_grad():
+        assert len(model(ids).hidden_states) == 3
+    with pytest.raises(ValueError, match="never forms the attention matrix"):
+        model(ids, output_attentions=True)
+    with torch.no_grad():  # a tokenizer's all-zero token types: one segment, no embeddings
+        segments = model(ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    assert torch.equal(segments[0], plain[0])
+    with pytest.raises(ValueError, match="type_vocab_size=0"):
+        model(ids, token_type_ids=torch.ones_like(ids))
+    with pytest.raises(TypeError, match="unexpected past_key_values"):
+        model(ids, past_key_values=None, use_extra=1)
+
+
+def test_gradient_checkpointing_reaches_the_encoder():
+    torch.manual_seed(0)
+    model = ErnieSparseForSequenceClassification(tiny_config(dropout=0.0, attention_dropout=0.0))
+    ids = torch.randint(0, 50, (3, 19))
+    labels = torch.tensor([0, 1, 2])
+    model.train()
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        out = model(ids, labels=labels, output_hidden_states=True)
+        out.loss.backward()
+        assert len(out.hidden_states) == 3
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    assert model.supports_gradient_checkpointing
+    with pytest.warns(FutureWarning):  # transformers 5 renamed it; both reach the flag
+        model.gradient_checkpointing_enable()
+    assert model.ernie_sparse.encoder.gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        assert torch.allclose(grad, checkpointed[name], atol=1e-6), name
+    model.activation_checkpointing_disable()
+    assert not model.ernie_sparse.encoder.gradient_checkpointing
+    model.activation_checkpointing_enable()
+    assert model.ernie_sparse.encoder.gradient_checkpointing
+
+
+def test_attn_implementation_selects_our_backend(tmp_path):
+    torch.manual_seed(0)
+    model = ErnieSparseModel(tiny_config()).eval()
+    assert model.config._attn_implementation == "auto"
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 50, (2, 30))
+    with torch.no_grad():
+        expected = model(ids).last_hidden_state
+    for backend in ("reference", "blocked"):
+        loaded = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=backend)
+        assert loaded.encoder.config.attention_backend == backend
+        assert loaded.config.model["attention_backend"] == backend  # saved with the model
+        with torch.no_grad():
+            states = loaded.eval()(ids).last_hidden_state
+        assert float((states - expected).abs().max()) < TOLERANCE, backend
+    loaded.set_attn_implementation("reference")
+    assert loaded.encoder.config.attention_backend == "reference"
+    for refused in ("sdpa", "eager", "flash_attention_2"):
+        with pytest.raises(ValueError, match="not an ERNIE-Sparse attention backend"):
+            transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=refused)
+    with pytest.raises(ValueError, match="choose one of auto, reference, blocked, flex"):
+        loaded.set_attn_implementation("sdpa")
+    assert loaded.encoder.config.attention_backend == "reference"  # unchanged
+    with pytest.raises(ValueError, match="not an ERNIE-Sparse attention backend"):
+        ErnieSparseConfig(model=model.config.model, attn_implementation="eager")
+    config = ErnieSparseConfig(model=model.config.model, attn_implementation="flex")
+    assert ErnieSparseModel(config).encoder.config.attention_backend == "flex"
+
+
+def test_convert_keeps_berts_pooler(tmp_path, capsys):
+    torch.manual_seed(0)
+    bert_config = transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+    )
+    reference = transformers.BertModel(bert_config).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.normal_(std=0.2)
+    reference.save_pretrained(tmp_path / "bert")
+    out = tmp_path / "converted"
+    argv = ["convert", "--from", str(tmp_path / "bert"), "--out", str(out)]
+    assert main([*argv, "--max-positions", "40", "--pattern", "dense", "--no-hst"]) == 0
+    assert "pooler: copied" in capsys.readouterr().out
+    model = transformers.AutoModel.from_pretrained(out).eval()
+    assert model.config.use_pooler
+    assert torch.equal(model.pooler.dense.weight, reference.pooler.dense.weight)
+    ids = torch.randint(3, 99, (2, 25))
+    with torch.no_grad():
+        ours, theirs = model(ids), reference(input_ids=ids)
+    assert float((ours.pooler_output - theirs.pooler_output).abs().max()) < 1e-4
+    # Converting the converted folder again keeps the pooler.
+    again = tmp_path / "again"
+    assert main(["convert", "--from", str(out), "--out", str(again), "--pattern", "dense"]) == 0
+    assert "pooler: copied" in capsys.readouterr().out
+    reloaded = transformers.AutoModel.from_pretrained(again)
+    assert torch.equal(reloaded.pooler.dense.bias, reference.pooler.dense.bias)
+
+
+# --- ernie-sparse export: a training run as a Hugging Face folder ---
+
+RUN_CONFIG = {
+    "model": {
+        "preset": "ernie-sparse",
+        "vocab_size": 16,
+        "hidden_size": 16,
+        "num_heads": 2,
+        "num_layers": 2,
+        "mlp_size": 32,
+        "max_positions": 64,
+        "block_size": 8,
+        "num_global": 8,
+        "saor": {"alpha": 1.0, "roll_tokens": 3},
+    },
+    "train": {
+        "task": "listops",
+        "max_length": 64,
+        "batch_size": 8,
+        "lr": 0.01,
+        "warmup_steps": 1,
+        "max_steps": 2,
+        "eval_every": 1,
+        "eval_max_batches": 1,
+        "log_every": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def listops_run(tmp_path_factory):
+    """A 2-step ``ernie-sparse train`` run on ListOps (HST + SAOR + BigBird globals)."""
+    import yaml
+
+    from ernie_sparse.data.listops import generate_listops
+
+    root = tmp_path_factory.mktemp("export")
+    generate_listops(
+        root / "data", num_train=40, num_val=16, num_test=16, seed=1, min_len=10, max_len=60
+    )
+    values = {**RUN_CONFIG, "train": {**RUN_CONFIG["train"], "data": str(root / "data")}}
+    (root / "run.yaml").write_text(yaml.safe_dump(values))
+    run = root / "run"
+    argv = ["train", "--config", str(root / "run.yaml"), "--out", str(run), "--quiet"]
+    assert main(argv) == 0
+    return run
+
+
+def test_export_run_loads_with_the_runs_outputs(listops_run, tmp_path, capsys):
+    from ernie_sparse.data.collate import pad_collate
+    from ernie_sparse.models import SequenceClassifier
+    from ernie_sparse.training.config import load_run_config
+    from ernie_sparse.training.tasks import load_split
+
+    out = tmp_path / "hf"
+    assert main(["export", str(listops_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ErnieSparseForSequenceClassification" in printed and "best.safetensors" in printed
+    run = load_run_config(listops_run / "config.yaml")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == run.model.to_dict()  # pattern, HST, SAOR ... as trained
+    assert saved["model"]["hst"]["enabled"] and saved["model"]["saor"]["alpha"] == 1.0
+    assert saved["id2label"] == {str(i): str(i) for i in range(10)}  # ListOps' digits
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert isinstance(model, ErnieSparseForSequenceClassification)
+    native = SequenceClassifier(run.model, 10).eval()
+    native.load_state_dict(load_safetensors(listops_run / "best.safetensors"))
+    examples = [load_split(run.train, "val")[i] for i in range(6)]
+    batch = pad_collate(examples)
+    with torch.no_grad():
+        expected = native(batch["input_ids"], batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(logits, expected)
+
+    final = tmp_path / "final"
+    assert main(["export", str(listops_run), "--out", str(final), "--weights", "final"]) == 0
+    again = transformers.AutoModelForSequenceClassification.from_pretrained(final)
+    final_state = load_safetensors(listops_run / "model.safetensors")
+    assert torch.equal(
+        again.ernie_sparse.classifier.output.weight, final_state["classifier.output.weight"]
+    )
+    names = ",".join("abcdefghij")
+    assert main(["export", str(listops_run), "--out", str(out), "--labels", names]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["export", str(listops_run), "--out", str(out), "--force", "--labels", "a,b"]) == 2
+    assert "2 label names for 10 classes" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "hf"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+# --- pipelines on folders with a tokenizer ---
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(40))]
+
+
+def tiny_tokenizer_file(path):
+    """A word-level tokenizer.json: [CLS] words [SEP], BERT's special-token names."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {word: index for index, word in enumerate(WORDS)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def test_pipelines_on_a_folder_with_a_tokenizer(tmp_path):
+    from ernie_sparse.training.config import RunConfig, TrainConfig
+    from ernie_sparse.training.export import export_tokenizer
+
+    source = tiny_tokenizer_file(tmp_path / "tokenizer" / "words.json")
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(WORDS), type_vocab_size=0)
+    config.id2label = {0: "low", 1: "mid", 2: "high"}
+    config.label2id = {"low": 0, "mid": 1, "high": 2}
+    folder = tmp_path / "model"
+    ErnieSparseForSequenceClassification(config).save_pretrained(folder)
+    run = RunConfig(
+        config.to_model_config(), TrainConfig(task="classification", tokenizer=str(source))
+    )
+    line = export_tokenizer(run, folder)  # what export does for a subword run
+    assert "wrote tokenizer_config.json" in line
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w30 w31 w7 w1 unknown"]
+
+    classify = transformers.pipeline("text-classification", model=str(folder), device="cpu")
+    results = classify(texts)
+    assert [set(result) for result in results] == [{"label", "score"}] * 2
+    model = classify.model.eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert "token_type_ids" not in tokenizer(texts[0])  # the model has no segments
+    with torch.no_grad():
+        for text, result in zip(texts, results, strict=True):
+            probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+            best = int(probabilities.argmax())
+            assert result["label"] == config.id2label[best]
+            assert result["score"] == pytest.approx(float(probabilities[best]), abs=1e-6)
+    top = classify(texts[0], top_k=None)
+    assert sorted(entry["label"] for entry in top) == ["high", "low", "mid"]
+
+    extract = transformers.pipeline("feature-extraction", model=str(folder), device="cpu")
+    assert isinstance(extract.model, ErnieSparseModel)  # the base model of the same folder
+    features = extract(texts[1], return_tensors=True)
+    encoded = tokenizer(texts[1], return_tensors="pt")
+    with torch.no_grad():
+        states = extract.model.eval()(**encoded).last_hidden_state
+    assert features.shape == (1, encoded["input_ids"].shape[1], 16)
+    assert torch.allclose(features, states, atol=1e-6)
+    nested = extract(texts)
+    assert len(nested) == 2 and len(nested[0][0]) == 14 and len(nested[0][0][0]) == 16
