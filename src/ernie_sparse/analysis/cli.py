@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help=f"comma-separated, of {', '.join(p for p in PATTERN_FIELDS if p != 'dense')}"
                 " (default bigbird)",
             )
+        if kind == "hst-route":
+            sub.add_argument(
+                "--inits",
+                type=lambda text: tuple(float(x) for x in text.split(",")),
+                help="initialization stds (default 0.02,0.125: BERT's, 1/sqrt(64))",
+            )
         if kind == "robustness":
             sub.add_argument(
                 "--attack-roll", type=int_list, help="k or k1,k2,... (default: SAOR's roll_tokens)"
@@ -91,6 +97,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         global_tokens=getattr(args, "global_tokens", None),
         attack_roll=getattr(args, "attack_roll", None),
         patterns=getattr(args, "patterns", None),
+        inits=getattr(args, "inits", None),
     )
     folder = args.out or Path("runs/experiments") / f"{args.kind}-{args.task}-{args.scale}"
     if (folder / "experiment.json").is_file():

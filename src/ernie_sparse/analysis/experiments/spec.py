@@ -180,6 +180,8 @@ HST_ROUTE_INITS = (0.02, 0.125)  # BERT's std; 1 / sqrt(hidden 64)
 
 
 def hst_route_cells(inits: tuple[float, ...] = HST_ROUTE_INITS) -> tuple[Cell, ...]:
+    if not inits or any(not std > 0 for std in inits):
+        raise ValueError(f"--inits needs initialization stds > 0, got {inits}")
     cells = []
     for std in inits:
         dense = _model("dense", hst=False, saor=False, initializer_range=std)
@@ -243,6 +245,7 @@ def make_spec(
     global_tokens: tuple[int, ...] | None = None,
     attack_roll: int | tuple[int, ...] | None = None,
     patterns: tuple[str, ...] | None = None,
+    inits: tuple[float, ...] | None = None,
 ) -> ExperimentSpec:
     """The spec of one of the papers' experiments (``kind`` in KINDS) on ``task``.
     ``global_tokens`` defaults to Figure 3's 2, 1 and 0 blocks (128, 64, 0 at block 64)."""
@@ -261,7 +264,7 @@ def make_spec(
     elif kind == "robustness":
         cells = robustness_cells(task)
     elif kind == "hst-route":
-        cells = hst_route_cells()
+        cells = hst_route_cells(tuple(inits or HST_ROUTE_INITS))
     spec = ExperimentSpec(
         kind=kind,
         task=task,
