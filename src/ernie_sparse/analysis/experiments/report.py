@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from ...plotting import pyplot, save_figure
+from ...training.plot import plot_runs
 from .runner import RESULT, is_done, run_dir
 from .spec import (
     PAPER_TABLE5,
@@ -265,6 +266,19 @@ def plot_bars(spec: ExperimentSpec, summaries: dict[str, dict], path: Path) -> P
     return save_figure(fig, path)
 
 
+def plot_first_seed_curves(spec: ExperimentSpec, folder: Path, path: Path) -> Path | None:
+    """Training NLL and validation accuracy per step of every cell's first finished seed."""
+    runs, labels = [], []
+    for cell in spec.cells:
+        done = [s for s in spec.seeds if is_done(run_dir(folder, cell, s))]
+        if done:
+            runs.append(run_dir(folder, cell, done[0]))
+            labels.append(f"{cell.label} (seed {done[0]})")
+    return plot_runs(runs, path, labels=labels) if runs else None
+
+
+PLOTS = {"bottleneck": plot_bottleneck}
+
 TABLES = {
     "ablation": ablation_tables,
     "bottleneck": bottleneck_table,
@@ -280,8 +294,10 @@ def write_report(spec: ExperimentSpec, folder: Path) -> str:
     results = collect(spec, folder)
     summaries = cell_summaries(spec, results)
     table = TABLES[spec.kind](spec, summaries)
-    plot = plot_bottleneck if spec.kind == "bottleneck" else plot_bars
+    plot = PLOTS.get(spec.kind, plot_bars)
     picture = plot(spec, summaries, folder / f"{spec.kind}.png")
+    if spec.kind == "hst-route":  # the learning curves of the first seed, per cell
+        picture = plot_first_seed_curves(spec, folder, folder / "curves.png") or picture
     total = len(spec.cells) * len(spec.seeds)
     payload = {"experiment": spec.kind, "task": spec.task, "scale": spec.scale}
     payload.update(runs_done=len(results), runs_total=total, cells=summaries, runs=results)
