@@ -253,11 +253,12 @@ def test_encoder_window_without_hst():
 def test_encoder_window_with_hst():
     # 24 tokens, 3 per block after the representative: 8 local blocks.
     for pooling in ("mean", "cls"):
-        hst = {"enabled": True, "pooling": pooling}
+        hst = {"enabled": True, "pooling": pooling, "distribute": "representative"}
         result = encoder_reachability(tiny(num_global=0, hst=hst), 24, source_token=23)
         assert result.fraction == 1.0 and result.fraction_without_hst == pytest.approx(34 / 64)
         assert result.readout_blocks == 8 and result.source_reaches_readout
-    one_layer = tiny(num_global=0, num_layers=1, hst={"enabled": True, "pooling": "mean"})
+    rep_only = {"enabled": True, "pooling": "mean", "distribute": "representative"}
+    one_layer = tiny(num_global=0, num_layers=1, hst=rep_only)
     result = encoder_reachability(one_layer, 24, source_token=23)
     assert result.fraction == pytest.approx(22 / 64)  # the tokens still see their window
     assert result.readout_blocks == 8  # the representatives met after the layer

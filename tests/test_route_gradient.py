@@ -42,7 +42,7 @@ def test_no_route_gives_exactly_zero_and_hst_a_route() -> None:
 def test_distributing_to_the_block_removes_a_hop() -> None:
     """The claim behind hst.distribute=block: the far token's gradient at the readout
     is much larger when the readout's block receives its representative's update."""
-    through_representative = ratio({"enabled": True})
+    through_representative = ratio({"enabled": True, "distribute": "representative"})
     through_block = ratio({"enabled": True, "distribute": "block"})
     assert through_block > 5 * through_representative
 

@@ -321,10 +321,11 @@ def test_demo_runs_end_to_end_at_a_few_steps(tmp_path) -> None:
     options = ["--max-steps", "2", "--seeds", "1", "--workers", "1"]
     assert main(["demo", "--out", str(out), *options]) == 0
     report = (out / "report.md").read_text()
-    for row in ("| ERNIE-Sparse (HST) | window only |", "| BigBird (no HST) | window only |",
-                "| dense attention | all pairs |", "window + 3 random blocks"):  # fmt: skip
+    rows = ("| ERNIE-Sparse (HST) | window only |", "| BigBird (no HST) | window only |",
+            "| dense attention | all pairs |", "window + 3 random blocks", "window + 1 random block |")  # fmt: skip  # noqa: E501
+    for row in rows:
         assert row in report, row
     assert "BigBird stays at" in report and "route in 0 of 1 runs" in report
     assert (out / "curves.png").is_file() and (out / "data" / "probe.json").is_file()
     results = json.loads((out / "experiment" / "results.json").read_text())
-    assert results["runs_done"] == 5
+    assert results["runs_done"] == 7

@@ -137,6 +137,8 @@ PATTERN_FIELDS: dict[str, dict[str, Any]] = {
     "dense": {"pattern": "dense", "pattern_params": {}},
     "window": {"pattern": "window", "pattern_params": {"width": 1}},
     "bigbird": {"pattern": "bigbird", "pattern_params": {"window_width": 1, "num_random": 3}},
+    # one random block per row and head: at probe lengths some draws leave the gap open
+    "bigbird-1": {"pattern": "bigbird", "pattern_params": {"window_width": 1, "num_random": 1}},
 }
 _NO_HST = {"enabled": False}
 _SAOR_OFF = {"alpha": 0.0}
@@ -222,7 +224,8 @@ def bottleneck_cells(
         raise ValueError(f"--global-tokens needs non-negative counts, got {global_tokens}")
     unknown = sorted(set(patterns) - set(PATTERN_FIELDS) - {"dense"})
     if unknown or not patterns:
-        raise ValueError(f"--patterns takes window and bigbird, got {', '.join(patterns)}")
+        known = ", ".join(p for p in PATTERN_FIELDS if p != "dense")
+        raise ValueError(f"--patterns takes {known}; got {', '.join(patterns)}")
     cells = []
     for pattern in patterns:
         for count in global_tokens:
