@@ -10,9 +10,10 @@ import torch
 
 from ernie_sparse.cli import main
 from ernie_sparse.files import load_safetensors
-from ernie_sparse.models import ModelConfig
 
 transformers = pytest.importorskip("transformers")
+from test_hf import tiny_config as hf_tiny_config  # noqa: E402
+
 from ernie_sparse.models.hf import (  # noqa: E402
     ErnieSparseConfig,
     ErnieSparseForMaskedLM,
@@ -25,21 +26,8 @@ TOLERANCE = 1e-5
 
 
 def tiny_config(**overrides) -> ErnieSparseConfig:
-    """BigBird pattern + HST + global tokens: every part of the encoder in use."""
-    values = dict(
-        vocab_size=50,
-        hidden_size=16,
-        num_heads=2,
-        num_layers=2,
-        mlp_size=24,
-        max_positions=64,
-        block_size=4,
-        pattern="bigbird",
-        pattern_params={"window_width": 1, "num_random": 1},
-        num_global=4,
-        hst={"enabled": True, "pooling": "mean"},
-    )
-    return ErnieSparseConfig(model=ModelConfig(**{**values, **overrides}), num_labels=3)
+    """test_hf's tiny ERNIE-Sparse (BigBird pattern + HST + global tokens), no segments."""
+    return hf_tiny_config(**{"type_vocab_size": 0, **overrides})
 
 
 def band_examples(count: int, *, length: int = 22, seed: int = 0) -> list[dict]:
