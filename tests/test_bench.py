@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from ernie_sparse.bench.attention import BenchConfig, run_bench, summary_table, useful_gflop
+from ernie_sparse.bench.attention import (
+    BenchConfig,
+    _interleaved_times,
+    run_bench,
+    summary_table,
+    useful_gflop,
+)
 from ernie_sparse.bench.hf_bigbird import hf_bigbird_available
 from ernie_sparse.bench.memory import peak_memory_mb
 from ernie_sparse.cli import main
@@ -87,6 +93,26 @@ def test_hf_bigbird_baseline_runs() -> None:
     assert row["status"] == "ok" and row["median_ms"] > 0
 
 
+@pytest.mark.skipif(not hf_bigbird_available(), reason="transformers is not installed")
+def test_hf_bigbird_is_skipped_where_it_would_switch_to_full_attention() -> None:
+    # (5 + 2 * 1 random) blocks of 16 = 112: HF runs full attention at N <= 112.
+    config = small_config(seq_lens=(112,), backends=("hf-bigbird", "blocked"), memory=False)
+    hf, blocked = run_bench(config, log=lambda line: None)["rows"][:2]
+    assert hf["status"] == "skipped (HF BigBird needs N > 112)" and hf["median_ms"] is None
+    assert blocked["status"] == "ok"
+    assert "skipped (HF BigBird needs N > 112)" in summary_table({"rows": [hf, blocked]})
+
+
+def test_backends_are_timed_in_interleaved_rounds() -> None:
+    calls: list[str] = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    rows = {name: {"status": "ok"} for name in runs}
+    config = BenchConfig(repeats=3, warmup=1)
+    times = _interleaved_times(runs, rows, config, torch.device("cpu"))
+    assert calls == ["a", "b"] * 4
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+
+
 def test_combiner_backends_run_next_to_dense() -> None:
     backends = ("dense", "combiner-axial-rowmajor", "combiner-axial-vertical")
     config = small_config(backends=backends, modes=("fwd+bwd",))
@@ -106,6 +132,19 @@ def test_summary_table_ratios() -> None:
     table = summary_table(result)
     assert "3.50x" in table and "5.20x" in table
     assert table.splitlines()[0].startswith("| N | mode | blocked ms (MiB)")
+
+
+def test_summary_table_compares_fused_with_blocked_and_the_baselines() -> None:
+    def row(backend: str, ms: float) -> dict:
+        return {"backend": backend, "seq_len": 4096, "mode": "fwd+bwd", "median_ms": ms,
+                "peak_mem_mb": 1.0, "status": "ok"}  # fmt: skip
+
+    rows = [row("fused", 50.0), row("blocked", 100.0), row("dense", 400.0)]
+    header, _, line = summary_table({"rows": rows}).splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(columns, [c.strip() for c in line.strip("|").split("|")], strict=True))
+    assert cells["fused vs dense"] == "8.00x" and cells["blocked vs dense"] == "4.00x"
+    assert cells["fused vs blocked"] == "2.00x"
 
 
 def test_cli_writes_json_table_and_plot(tmp_path, capsys) -> None:

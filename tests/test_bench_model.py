@@ -136,3 +136,13 @@ def test_blockbert_models_split_their_heads_into_n_permutations() -> None:
     assert config.block_multiple == 3
     with pytest.raises(ValueError, match="at least 3 heads"):
         model_config("blockbert-3", ModelBenchConfig(num_heads=2, hidden_size=32))
+
+
+def test_a_model_name_can_pick_its_attention_backend() -> None:
+    from ernie_sparse.bench.model import model_config
+
+    assert model_config("ernie-sparse", ModelBenchConfig()).attention_backend == "auto"
+    chosen = model_config("ernie-sparse@blocked", ModelBenchConfig())
+    assert chosen.attention_backend == "blocked" and chosen.hst.enabled
+    with pytest.raises(ValueError, match="attention_backend"):
+        model_config("ernie-sparse@fastest", ModelBenchConfig())

@@ -4,6 +4,7 @@ from .blocked import block_plan, blocked_attention
 from .combiner import COMBINER_VARIANTS, combiner_attention, combiner_reference
 from .dispatch import BACKENDS, choose_backend, sparse_attention
 from .flex import flex_available, flex_sparse_attention
+from .fused import fused_available, fused_sparse_attention
 from .reference import expand_layout, reference_attention
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "expand_layout",
     "flex_available",
     "flex_sparse_attention",
+    "fused_available",
+    "fused_sparse_attention",
     "reference_attention",
     "sparse_attention",
 ]

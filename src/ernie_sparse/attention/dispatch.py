@@ -8,6 +8,7 @@ import torch
 
 from .blocked import blocked_attention
 from .flex import flex_available, flex_sparse_attention
+from .fused import fused_sparse_attention
 from .reference import reference_attention
 from .validation import check_attention_inputs
 
@@ -15,6 +16,7 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "reference": reference_attention,
     "blocked": blocked_attention,
     "flex": flex_sparse_attention,
+    "fused": fused_sparse_attention,
 }
 
 
@@ -22,8 +24,9 @@ def choose_backend(q: torch.Tensor, *, dropout_p: float = 0.0) -> str:
     """The fastest exact backend for this device and request (``backend="auto"``).
 
     CUDA: ``flex`` (fused Triton kernel, training and inference) unless attention
-    dropout is asked for, which only ``blocked`` has. CPU: ``blocked``, which has a
-    backward and beat compiled CPU flex in ``ernie-sparse bench attention``.
+    dropout is asked for, which ``flex`` lacks. CPU: ``blocked``, which has a
+    backward and beat compiled CPU flex in ``ernie-sparse bench attention``. The fused
+    CPU kernel (``backend="fused"``) is only used when asked for by name.
     Never the dense ``reference``: its memory is quadratic in the length.
     """
     if q.device.type == "cuda" and flex_available() and dropout_p == 0.0:
@@ -50,7 +53,8 @@ def sparse_attention(
             query block attends a key block.
         block_size: tokens per layout block.
         key_padding_mask: bool ``[B, N]``, True for real tokens; padded keys are never attended.
-        backend: ``"auto"``, ``"reference"``, ``"blocked"`` or ``"flex"``.
+        backend: ``"auto"``, ``"reference"``, ``"blocked"``, ``"flex"`` or ``"fused"`` (the
+            C++ CPU kernel, compiled on first use; see ``fused.py``).
         dropout_p: attention dropout probability (pass 0.0 in eval mode).
 
     Returns:

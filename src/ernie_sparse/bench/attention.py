@@ -13,6 +13,8 @@ and are set against the dense matmul GFLOP/s measured in the same run.
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..attention import sparse_attention
+from ..attention import fused_available, sparse_attention
 from ..attention.combiner import COMBINER_VARIANTS, combiner_attention, combiner_pairs
 from ..patterns import bigbird, num_blocks_for
 from .common import (
@@ -30,6 +32,7 @@ from .common import (
     median_ms,
     save_time_memory_figure,
     str_list,
+    synchronize,
     time_memory_cell,
     time_memory_figure,
     write_results,
@@ -66,6 +69,8 @@ class BenchConfig:
 
 def default_backends(device: torch.device) -> tuple[str, ...]:
     names = ["blocked", "dense"]
+    if device.type == "cpu" and fused_available():
+        names.insert(0, "fused")
     if device.type == "cuda":
         names.insert(1, "flex")  # CPU flex compiles per length (minutes): ask for it by name
     if hf_bigbird_available():
@@ -74,7 +79,7 @@ def default_backends(device: torch.device) -> tuple[str, ...]:
 
 
 def _attention_fn(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
-    if name in ("blocked", "flex", "reference"):
+    if name in ("blocked", "fused", "flex", "reference"):
         return lambda q, k, v: sparse_attention(
             q, k, v, layout, block_size=config.block_size, backend=name
         )
@@ -139,31 +144,18 @@ def useful_gflop(pairs: int, config: BenchConfig, mode: str) -> float:
     return forward * (3 if mode == "fwd+bwd" else 1) / 1e9
 
 
-def bench_point(
-    name: str,
-    config: BenchConfig,
-    layout: torch.Tensor,
-    seq_len: int,
-    mode: str,
-    device: torch.device,
-) -> dict:
-    """One row: median time, peak memory and useful GFLOP/s of one backend at one length."""
-    dtype = getattr(torch, config.dtype)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    shape = (config.batch, config.heads, seq_len, config.head_dim)
-    inputs = [
-        torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
-        for _ in range(3)
-    ]
-    fn = _attention_fn(name, config, layout, seq_len)
-    # Query-key pairs summed over heads: the pattern's, or all of them for dense.
-    sparse_pairs = int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
-    pairs = seq_len * seq_len * config.heads if name == "dense" else sparse_pairs
-    pattern = "dense" if name == "dense" else "bigbird"
-    if name.startswith("combiner-"):
-        pattern = name
-        pairs = combiner_pairs(name.removeprefix("combiner-"), seq_len) * config.heads
-    row = {
+def hf_bigbird_skip_reason(config: BenchConfig, seq_len: int) -> str | None:
+    """Why HF BigBird cannot be timed at ``seq_len``: at or below (5 + 2r) blocks its model
+    switches to full attention, and its kernel fails on such lengths."""
+    shortest = (5 + 2 * config.num_random) * config.block_size
+    if seq_len <= shortest:
+        return f"skipped (HF BigBird needs N > {shortest})"
+    return None
+
+
+def _empty_row(name: str, config: BenchConfig, seq_len: int, mode: str) -> dict:
+    pattern = name if name.startswith("combiner-") else "dense" if name == "dense" else "bigbird"
+    return {
         "backend": name,
         "pattern": pattern,
         "seq_len": seq_len,
@@ -173,18 +165,93 @@ def bench_point(
         "gflops": None,
         "status": "ok",
     }
-    run = _runner(fn, inputs, mode)
-    try:
-        row["median_ms"] = round(time_ms(run, config, device), 3)
+
+
+def _pairs(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> int:
+    """Query-key pairs summed over heads that a backend computes: the pattern's, all of
+    them for dense, the scores Combiner computes."""
+    if name == "dense":
+        return seq_len * seq_len * config.heads
+    if name.startswith("combiner-"):
+        return combiner_pairs(name.removeprefix("combiner-"), seq_len) * config.heads
+    return int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
+
+
+def bench_length(
+    names: tuple[str, ...],
+    config: BenchConfig,
+    layout: torch.Tensor,
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+) -> list[dict]:
+    """One row per backend at one length and mode, timed interleaved: each round runs every
+    backend once, so drift of the machine (other load, frequency) hits all of them alike."""
+    dtype = getattr(torch, config.dtype)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    shape = (config.batch, config.heads, seq_len, config.head_dim)
+    inputs = [
+        torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    ]
+    rows = {name: _empty_row(name, config, seq_len, mode) for name in names}
+    runs: dict[str, Callable[[], None]] = {}
+    for name in names:
+        skip = hf_bigbird_skip_reason(config, seq_len) if name == "hf-bigbird" else None
+        if skip:
+            rows[name]["status"] = skip
+            continue
+        runs[name] = _runner(_attention_fn(name, config, layout, seq_len), inputs, mode)
+    times = _interleaved_times(runs, rows, config, device)
+    for name, timed in times.items():
+        row = rows[name]
+        row["median_ms"] = round(statistics.median(timed), 3)
         if config.memory:
-            row["peak_mem_mb"] = round(peak_memory_mb(run, device), 2)
+            row["peak_mem_mb"] = _guarded(row, peak_memory_mb, runs[name], device)
+            if row["status"] != "ok":
+                continue
+            row["peak_mem_mb"] = round(row["peak_mem_mb"], 2)
+        gflop = useful_gflop(_pairs(name, config, layout, seq_len), config, mode)
+        row["gflops"] = round(gflop / (row["median_ms"] / 1e3), 2)
+    return list(rows.values())
+
+
+def _guarded(row: dict, measure: Callable[..., float], *args) -> float | None:
+    """``measure(*args)``, or None with the row marked "oom" when it runs out of memory."""
+    try:
+        return measure(*args)
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if not is_out_of_memory(error):
             raise
         row["status"] = "oom"
-        return row
-    row["gflops"] = round(useful_gflop(pairs, config, mode) / (row["median_ms"] / 1e3), 2)
-    return row
+        return None
+
+
+def _timed_ms(run: Callable[[], None], device: torch.device) -> float:
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _interleaved_times(
+    runs: dict[str, Callable[[], None]], rows: dict[str, dict], config: BenchConfig, device
+) -> dict[str, list[float]]:
+    """Timed runs in ms per backend: ``warmup`` untimed rounds, then rounds until each
+    backend has ``repeats`` runs or (with at least 3) has used ``max_seconds``."""
+    active = dict(runs)
+    for _ in range(config.warmup):
+        for name, run in list(active.items()):
+            if _guarded(rows[name], _timed_ms, run, device) is None:
+                del active[name]  # out of memory
+    times: dict[str, list[float]] = {name: [] for name in active}
+    while active:
+        for name, run in list(active.items()):
+            times[name].append(_timed_ms(run, device))
+            enough = len(times[name]) >= 3 and sum(times[name]) > config.max_seconds * 1e3
+            if len(times[name]) >= config.repeats or enough:
+                del active[name]
+    return times
 
 
 def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
@@ -220,11 +287,14 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
             num_random=config.num_random,
             generator=generator,
         )
-        for name in backends:
-            for mode in config.modes:
-                if name == "flex" and device.type == "cpu" and mode != "fwd":
-                    continue  # PyTorch has no CPU backward for FlexAttention
-                row = bench_point(name, config, layout, seq_len, mode, device)
+        for mode in config.modes:
+            # PyTorch has no CPU backward for FlexAttention.
+            names = tuple(
+                name
+                for name in backends
+                if not (name == "flex" and device.type == "cpu" and mode != "fwd")
+            )
+            for row in bench_length(names, config, layout, seq_len, mode, device):
                 row["matmul_fraction"] = (
                     round(row["gflops"] / meta["matmul_gflops"], 3) if row["gflops"] else None
                 )
@@ -245,12 +315,12 @@ def _format_row(row: dict) -> str:
 
 def summary_table(result: dict) -> str:
     """Markdown table: one line per (length, mode), time and memory per backend, speedups."""
-    rows = [r for r in result["rows"] if r["status"] == "ok" or r["status"] == "oom"]
+    rows = result["rows"]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     by_key = {(r["seq_len"], r["mode"], r["backend"]): r for r in rows}
     header = ["N", "mode"] + [f"{b} ms (MiB)" for b in backends]
-    baselines = [b for b in ("dense", "hf-bigbird") if b in backends]
-    header += [f"blocked vs {b}" for b in baselines if "blocked" in backends]
+    comparisons = _comparisons(backends)
+    header += [f"{sparse} vs {baseline}" for sparse, baseline in comparisons]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for seq_len in dict.fromkeys(r["seq_len"] for r in rows):
         for mode in dict.fromkeys(r["mode"] for r in rows):
@@ -258,13 +328,23 @@ def summary_table(result: dict) -> str:
             for backend in backends:
                 row = by_key.get((seq_len, mode, backend))
                 cells.append(time_memory_cell(row, decimals=1))
-            blocked = by_key.get((seq_len, mode, "blocked"))
-            for baseline in baselines if blocked else []:
-                other = by_key.get((seq_len, mode, baseline))
-                ok = other and other["median_ms"] and blocked["median_ms"]
-                cells.append(f"{other['median_ms'] / blocked['median_ms']:.2f}x" if ok else "-")
+            for sparse, baseline in comparisons:
+                fast, slow = (by_key.get((seq_len, mode, b)) for b in (sparse, baseline))
+                ok = fast and slow and fast["median_ms"] and slow["median_ms"]
+                cells.append(f"{slow['median_ms'] / fast['median_ms']:.2f}x" if ok else "-")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _comparisons(backends: list[str]) -> list[tuple[str, str]]:
+    """(sparse backend, baseline) speed-up columns: each of fused and blocked against dense
+    and HF BigBird, and fused against blocked."""
+    sparse = [b for b in ("fused", "blocked") if b in backends]
+    baselines = [b for b in ("dense", "hf-bigbird") if b in backends]
+    pairs = [(s, b) for s in sparse for b in baselines]
+    if len(sparse) == 2:
+        pairs.append(("fused", "blocked"))
+    return pairs
 
 
 def plot_bench(result: dict, path: Path) -> Path | None:
@@ -306,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         type=str_list,
-        help="blocked,flex,dense,hf-bigbird,reference, combiner-<variant> ("
+        help="blocked,fused,flex,dense,hf-bigbird,reference, combiner-<variant> ("
         + ", ".join(COMBINER_VARIANTS)
         + ")",
     )

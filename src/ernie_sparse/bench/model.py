@@ -83,9 +83,12 @@ class ModelBenchConfig:
 
 
 def model_config(name: str, config: ModelBenchConfig) -> ModelConfig:
+    """The model ``name`` at the bench's size; ``name@backend`` (``ernie-sparse@fused``)
+    runs its attention with that backend instead of ``auto``."""
+    name, _, backend = name.partition("@")
     if name not in PRESET_OF:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    extra = {}
+    extra = {"attention_backend": backend} if backend else {}
     if name.startswith("blockbert-"):
         extra["pattern_params"] = {"head_split": _even_split(int(name[-1]), config.num_heads)}
     return preset(
@@ -408,7 +411,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ModelBenchConfig()
     parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}")
     parser.add_argument("--seq-lens", type=int_list, help="comma-separated input lengths")
-    parser.add_argument("--models", type=str_list, help=f"from {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models",
+        type=str_list,
+        help=f"from {', '.join(MODELS)}; NAME@BACKEND picks its attention backend "
+        "(ernie-sparse@fused, ernie-sparse@blocked)",
+    )
     for name in ("batch", "hidden_size", "num_layers", "num_heads", "mlp_size", "block_size"):
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
