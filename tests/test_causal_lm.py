@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ernie_sparse.attention.combiner import COMBINER_VARIANTS
+from ernie_sparse.attention.combiner import VARIANTS
 from ernie_sparse.cli import main
 from ernie_sparse.data.images import FASHION_MNIST_DIR
 from ernie_sparse.data.pixels import (
@@ -30,7 +30,7 @@ from ernie_sparse.training.distributed import World
 from ernie_sparse.training.tasks import get_task
 
 VOCAB = 11
-CAUSAL_VARIANTS = tuple(v for v in COMBINER_VARIANTS if v != "learnable")
+CAUSAL_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.causal)
 
 
 def small(**overrides) -> ModelConfig:
@@ -50,7 +50,7 @@ def small(**overrides) -> ModelConfig:
 
 
 def combiner(variant: str, **overrides) -> ModelConfig:
-    span = 2 if variant == "logsparse" else 4
+    span = 2 if VARIANTS[variant].span_power_of_two else 4
     return small(attention="combiner", combiner_variant=variant, combiner_span=span, **overrides)
 
 

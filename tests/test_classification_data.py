@@ -123,6 +123,23 @@ def test_unknown_label_and_bad_bytes_are_named(tmp_path) -> None:
         read_classification(tmp_path, split="test")
 
 
+def test_a_single_file_is_one_split_with_the_train_labels(tmp_path, caplog) -> None:
+    """``evaluate RUN --data FILE``: the file is the split; label ids are the train split's
+    beside it (or, with none, the file's own, said in the log); never the training split."""
+    root = tmp_path / "data"
+    write_tsv(root, "train", ["label\ttext", "a\tx", "b\ty", "c\tz"])
+    write_tsv(root, "heldout", ["label\ttext", "c\tone", "b\ttwo"])
+    heldout = read_classification(root / "heldout.tsv", split="test")
+    assert heldout.label_names == ("a", "b", "c") and [e["labels"] for e in heldout] == [2, 1]
+    with pytest.raises(ValueError, match=r"heldout\.tsv: one file cannot be the training split"):
+        read_classification(root / "heldout.tsv", split="train")
+    alone = tmp_path / "alone"
+    write_tsv(alone, "heldout", ["label\ttext", "c\tone", "b\ttwo"])
+    with caplog.at_level("WARNING", logger="ernie_sparse.data"):
+        own = read_classification(alone / "heldout.tsv", split="val")
+    assert own.label_names == ("b", "c") and "no train split beside it" in caplog.text
+
+
 def test_scores_by_hand() -> None:
     predictions = [0, 0, 1, 2, 2, 2]
     labels = [0, 1, 1, 2, 2, 0]

@@ -1,7 +1,10 @@
-"""Combiner attention: every fast variant against the slow full-distribution reference."""
+"""Combiner attention: every fast variant against the slow full-distribution reference, and
+every variant's record against what the entry points do. Cases come from the registry, so a
+new record is covered without editing this file."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -10,13 +13,15 @@ import torch.nn.functional as F
 
 from ernie_sparse.attention.combiner import (
     COMBINER_VARIANTS,
+    VARIANTS,
     cluster_order,
     combiner_attention,
     combiner_pairs,
     combiner_reference,
 )
 
-CASES = [(v, c) for v in COMBINER_VARIANTS for c in (False, True) if not (v == "learnable" and c)]
+CAUSAL_VARIANTS = [name for name, variant in VARIANTS.items() if variant.causal]
+CASES = [(v, False) for v in COMBINER_VARIANTS] + [(v, True) for v in CAUSAL_VARIANTS]
 CASE_IDS = [f"{v}-{'causal' if c else 'bidir'}" for v, c in CASES]
 
 
@@ -87,7 +92,7 @@ def test_reference_rows_are_distributions_over_every_allowed_key(variant, causal
     torch.testing.assert_close(probs.sum(-1)[has_key], torch.ones_like(probs.sum(-1)[has_key]))
 
 
-@pytest.mark.parametrize("variant", [v for v in COMBINER_VARIANTS if v != "learnable"])
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
 def test_causal_output_has_no_gradient_from_the_future(variant) -> None:
     seq_len = 13
     inputs = [t.requires_grad_() for t in make_inputs(1, 2, seq_len, seed=3)]
@@ -105,8 +110,8 @@ def test_causal_output_has_no_gradient_from_the_future(variant) -> None:
 def test_padding_invariance(variant, causal) -> None:
     """A sequence's outputs do not change when batched with a longer one (garbage padding)."""
     short, long = 11, 19
-    span = 2 if variant == "logsparse" else 4
-    clusters = 3 if variant == "learnable" else None
+    span = 2 if VARIANTS[variant].span_power_of_two else 4
+    clusters = 3 if VARIANTS[variant].takes_clusters else None
     options = {"variant": variant, "causal": causal, "span": span, "num_clusters": clusters}
     alone = make_inputs(1, 2, short, seed=5)
     batched = [
@@ -207,3 +212,93 @@ def test_bad_inputs_are_refused_by_name(change, message) -> None:
     if "dropout_p" not in change:
         with pytest.raises(error):
             combiner_reference(**arguments)
+
+
+# --- the records: what each declares is what the entry points do ---
+
+
+@pytest.mark.parametrize("name", COMBINER_VARIANTS)
+def test_record_refusals_are_what_the_entry_points_refuse(name) -> None:
+    variant = VARIANTS[name]
+    heads = variant.min_heads
+    q, k, v = make_inputs(1, heads, 9)
+    plain = {"variant": name}
+    if variant.causal:
+        combiner_attention(q, k, v, causal=True, **plain)
+    else:
+        with pytest.raises(ValueError, match=re.escape(variant.causal_refusal)):
+            combiner_attention(q, k, v, causal=True, **plain)
+    if heads > 1:
+        with pytest.raises(ValueError, match=f"needs H >= {heads}"):
+            combiner_attention(q[:, :1], k[:, :1], v[:, :1], **plain)
+    if variant.span_power_of_two:
+        with pytest.raises(ValueError, match="power of two"):
+            combiner_attention(q, k, v, span=3, **plain)
+    else:
+        combiner_attention(q, k, v, span=3, **plain)
+    if variant.takes_clusters:
+        combiner_attention(q, k, v, num_clusters=2, **plain)
+    else:
+        with pytest.raises(ValueError, match="num_clusters applies only to"):
+            combiner_attention(q, k, v, num_clusters=2, **plain)
+
+
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if not v.heads])
+def test_record_default_span_and_padding_are_the_kernels(name) -> None:
+    """No span = the record's default span; the padded length is whole spans (or what the
+    record says) and the pairs count is the record's on it."""
+    variant = VARIANTS[name]
+    seq_len = 23
+    q, k, v = make_inputs(1, 2, seq_len)
+    span = variant.span_for(seq_len, None)
+    assert span == (variant.default_span or 5)  # ceil(sqrt(23)) = 5
+    torch.testing.assert_close(
+        combiner_attention(q, k, v, variant=name),
+        combiner_attention(q, k, v, variant=name, span=span),
+        rtol=0,
+        atol=0,
+    )
+    length = variant.padded_length(seq_len, span)
+    assert length >= seq_len and length % span == 0
+    assert combiner_pairs(name, seq_len) == variant.pairs(length, span) > 0
+
+
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if v.heads])
+def test_mixture_records_run_their_groups_on_their_heads(name) -> None:
+    variant = VARIANTS[name]
+    heads = variant.min_heads + 1
+    q, k, v = make_inputs(2, heads, 13)
+    mask = ragged_mask(13)
+    got = combiner_attention(q, k, v, variant=name, span=3, key_padding_mask=mask)
+    groups = variant.head_groups(heads)
+    assert sum(h.stop - h.start for _, h in groups) == heads
+    for group, h in groups:
+        span = 3 if group.takes_span else None
+        want = combiner_attention(
+            q[:, h], k[:, h], v[:, h], variant=group.variant, span=span, key_padding_mask=mask
+        )
+        torch.testing.assert_close(got[:, h], want, rtol=0, atol=0)
+
+
+def test_a_new_record_is_served_by_the_entry_points_without_other_edits(monkeypatch) -> None:
+    """Registering a record is all a variant needs: attention, reference and pairs read it."""
+    copy = dataclasses.replace(VARIANTS["axial-vertical"], name="axial-vertical-copy")
+    monkeypatch.setitem(VARIANTS, copy.name, copy)
+    q, k, v = make_inputs(2, 2, 11)
+    for causal in (False, True):
+        options = {"causal": causal, "key_padding_mask": ragged_mask(11)}
+        new = combiner_attention(q, k, v, variant=copy.name, **options)
+        torch.testing.assert_close(
+            new, combiner_attention(q, k, v, variant="axial-vertical", **options), rtol=0, atol=0
+        )
+        reference, _ = combiner_reference(q, k, v, variant=copy.name, **options)
+        torch.testing.assert_close(new, reference, rtol=1e-10, atol=1e-10)
+    assert combiner_pairs(copy.name, 100) == combiner_pairs("axial-vertical", 100)
+
+
+def test_records_refuse_an_incomplete_definition() -> None:
+    fixed = VARIANTS["fixed"]
+    with pytest.raises(ValueError, match="needs a kernel, partition and pairs"):
+        dataclasses.replace(fixed, name="broken", pairs=None)
+    with pytest.raises(ValueError, match="a mixture has no kernel of its own"):
+        dataclasses.replace(fixed, name="broken", heads=VARIANTS["mixture"].heads)

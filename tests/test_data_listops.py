@@ -359,6 +359,26 @@ def test_read_dir_names_bad_splits_and_missing_files(tmp_path) -> None:
         read_listops_dir(tmp_path, "val")
 
 
+def test_a_single_file_is_a_split_to_evaluate_never_the_train_split(small_sets) -> None:
+    root, _ = small_sets
+    test_file = root / "basic_test.tsv"
+    for split in ("val", "test"):  # ernie-sparse evaluate RUN --data heldout.tsv
+        dataset = read_listops_dir(test_file, split)
+        assert len(dataset) == len(rows_of(test_file)) == 15
+    with pytest.raises(ValueError, match=r"basic_test\.tsv: one file cannot be the training"):
+        read_listops_dir(test_file, "train")
+
+
+def test_a_file_with_only_its_header_is_an_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "basic_train.tsv"
+    path.write_text(f"{HEADER}\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"basic_train\.tsv: no examples: the file holds "
+                       "only its header"):  # fmt: skip
+        read_listops_dir(tmp_path, "train")
+    path.write_text(f"{HEADER}\n\tx\n", encoding="utf-8")  # every row bad, skipped: counted
+    assert read_listops(path, skip_bad=True).bad.count == 1
+
+
 # --------------------------------------------------------------------------- command line
 
 

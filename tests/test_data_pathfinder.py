@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ernie_sparse.cli import main
 from ernie_sparse.data.errors import DataFormatError
 from ernie_sparse.data.pathfinder import (
     DIFFICULTIES,
     PathfinderParams,
     add_arguments,
+    difficulty_dir,
     generate_pathfinder,
     generate_sample,
     montage,
@@ -167,9 +169,14 @@ def test_one_or_two_workers_write_identical_files(tmp_path) -> None:
     assert one == two
 
 
+def metadata_rows(path: Path) -> list[list[str]]:
+    """A metadata file as public readers of the release parse it: text, split on spaces."""
+    return [line.split() for line in path.read_text().splitlines()]
+
+
 def test_written_set_reads_back_pixel_for_pixel(written) -> None:
-    folder = written / "curv_contour_length_6"
-    rows = np.concatenate([np.load(folder / "metadata" / f"{b}.npy") for b in range(3)])
+    folder = written / "curv_baseline"
+    rows = [row for b in range(3) for row in metadata_rows(folder / "metadata" / f"{b}.npy")]
     dataset = read_pathfinder(written, difficulty="easy")
     assert len(dataset) == len(rows) == 12
     assert dataset.info.vocab_size == 256 and dataset.info.max_length == 1024
@@ -179,7 +186,7 @@ def test_written_set_reads_back_pixel_for_pixel(written) -> None:
         assert example["input_ids"].tolist() == pixels.reshape(-1).tolist()
         assert example["labels"] == int(row[3])
         assert generate_sample(int(row[2]), seed=5, params=params).label == int(row[3])
-    assert rows[7][:2].tolist() == ["imgs/1", "sample_2.png"]
+    assert rows[7][:2] == ["imgs/1", "sample_2.png"] and len(rows[7]) == 11
     assert len(read_pathfinder(folder, difficulty="easy")) == 12  # the difficulty folder itself
 
 
@@ -187,32 +194,101 @@ def _broken_copy(written: Path, tmp_path: Path) -> Path:
     """A copy with one PNG missing (batch 0, row 1) and one label 7 (batch 2, row 0)."""
     root = tmp_path / "copy"
     shutil.copytree(written, root)
-    folder = root / "curv_contour_length_6"
+    folder = root / "curv_baseline"
     (folder / "imgs" / "0" / "sample_1.png").unlink()
-    rows = np.load(folder / "metadata" / "2.npy")
-    rows[0, 3] = "7"
-    np.save(folder / "metadata" / "2.npy", rows)
+    rows = metadata_rows(folder / "metadata" / "2.npy")
+    rows[0][3] = "7"
+    (folder / "metadata" / "2.npy").write_text("".join(" ".join(r) + "\n" for r in rows))
     return root
 
 
 def test_reader_names_the_metadata_file_and_row(written, tmp_path) -> None:
     root = _broken_copy(written, tmp_path)
-    with pytest.raises(DataFormatError, match=r"0\.npy:row 1: missing image"):
+    with pytest.raises(DataFormatError, match=r"0\.npy:line 2: missing image"):
         read_pathfinder(root, difficulty="easy")
-    (root / "curv_contour_length_6" / "metadata" / "0.npy").unlink()
-    with pytest.raises(DataFormatError, match=r"2\.npy:row 0: label '7' is not 0 or 1"):
+    (root / "curv_baseline" / "metadata" / "0.npy").unlink()
+    with pytest.raises(DataFormatError, match=r"2\.npy:line 1: label '7' is not 0 or 1"):
         read_pathfinder(root, difficulty="easy")
 
 
 def test_reader_skips_and_counts_bad_records(written, tmp_path) -> None:
     root = _broken_copy(written, tmp_path)
-    folder = root / "curv_contour_length_6"
+    folder = root / "curv_baseline"
     Image.new("L", (16, 16)).save(folder / "imgs" / "1" / "sample_0.png")
     (folder / "imgs" / "1" / "sample_1.png").write_bytes(b"not a png")
     dataset = read_pathfinder(root, difficulty="easy", skip_bad=True)
     assert len(dataset) == 12 - 4 and dataset.bad.count == 4
     problems = " | ".join(str(error) for error in dataset.bad.skipped)
     assert "16x16" in problems and "unreadable image" in problems
+
+
+def test_folders_have_the_release_names(written, tmp_path) -> None:
+    assert [difficulty_dir(d) for d in ("easy", "intermediate", "hard")] == [
+        "curv_baseline", "curv_contour_length_9", "curv_contour_length_14"
+    ]  # fmt: skip
+    assert sorted(p.name for p in written.iterdir()) == ["curv_baseline"]
+    old = tmp_path / "old"
+    shutil.copytree(written / "curv_baseline", old / "curv_contour_length_6")
+    with pytest.raises(FileNotFoundError, match=r"curv_contour_length_6: the release names "
+                       r"the easy set curv_baseline .* rename the folder"):  # fmt: skip
+        read_pathfinder(old, difficulty="easy")
+
+
+RELEASE_FIELDS = "1.8 6 2 2 1.5 1 1"  # continuity contour_len distractor_len ... n_contrasts
+
+
+def _release_folder(root: Path) -> Path:
+    """A folder as the LRA release has it: text metadata (despite .npy), 11 fields a line,
+    a trailing newline; a second batch as a numpy array of the same rows."""
+    folder = root / "pathfinder32" / "curv_baseline"
+    for batch in ("0", "1"):
+        (folder / "imgs" / batch).mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for index, value in enumerate((0, 60, 120, 180)):
+        batch = index // 2
+        Image.new("L", (32, 32), value).save(folder / f"imgs/{batch}/sample_{index % 2}.png")
+    lines = [f"imgs/0 sample_{i}.png {i} {i % 2} {RELEASE_FIELDS}" for i in range(2)]
+    (folder / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+    rows = [["1", f"sample_{i}.png", str(2 + i), str(i % 2), *RELEASE_FIELDS.split()]
+            for i in range(2)]  # subdir "1" without imgs/: found under imgs/  # fmt: skip
+    np.save(folder / "metadata" / "1.npy", np.array(rows, dtype=str))
+    return folder
+
+
+def test_release_text_metadata_and_numpy_rows_read_alike(tmp_path) -> None:
+    folder = _release_folder(tmp_path)
+    dataset = read_pathfinder(folder.parent, difficulty="easy")
+    assert [example["labels"] for example in dataset.examples] == [0, 1, 0, 1]
+    assert [int(example["input_ids"][0]) for example in dataset.examples] == [0, 60, 120, 180]
+    assert len(read_pathfinder(folder, difficulty="easy")) == 4  # the difficulty folder itself
+
+
+def test_release_text_metadata_errors_name_the_line(tmp_path) -> None:
+    folder = _release_folder(tmp_path)
+    metadata = folder / "metadata" / "0.npy"
+    metadata.write_text(metadata.read_text() + "\nimgs/0 sample_0.png 9\n")  # a blank line too
+    with pytest.raises(DataFormatError, match=r"0\.npy:line 4: expected >= 4 fields"):
+        read_pathfinder(folder, difficulty="easy")
+    metadata.write_text(f"imgs/0 ../../../../x.png 0 1 {RELEASE_FIELDS}\n")
+    Image.new("L", (32, 32)).save(tmp_path / "x.png")  # outside the release: never read
+    with pytest.raises(DataFormatError, match=r"0\.npy:line 1: image path .* leads outside"):
+        read_pathfinder(folder, difficulty="easy")
+    metadata.write_bytes(b"\xff\xfe not text")
+    with pytest.raises(DataFormatError, match=r"0\.npy: metadata is neither a numpy array"):
+        read_pathfinder(folder, difficulty="easy")
+
+
+def test_data_info_finds_the_release_folders(tmp_path, capsys) -> None:
+    _release_folder(tmp_path)
+    assert main(["data", "info", str(tmp_path / "pathfinder32")]) == 0
+    out = capsys.readouterr().out
+    assert "pathfinder" in out and "curv_baseline: 4 examples" in out
+
+
+def test_a_split_with_no_image_is_an_error(tmp_path) -> None:
+    folder = _release_folder(tmp_path)
+    with pytest.raises(DataFormatError, match=r"curv_baseline \[val\]: no examples"):
+        read_pathfinder(folder, difficulty="easy", split="val")  # 10% of 4 rows: none
 
 
 def test_split_is_80_10_10_disjoint_and_fixed_by_seed(written) -> None:
@@ -248,7 +324,7 @@ def test_command_generates_and_summarises(tmp_path, capsys) -> None:
     assert args.run(args) == 0
     out = capsys.readouterr().out
     assert "wrote 5 easy Pathfinder images" in out and "images/s" in out
-    assert len(list((tmp_path / "curv_contour_length_6" / "imgs" / "0").glob("*.png"))) == 5
+    assert len(list((tmp_path / "curv_baseline" / "imgs" / "0").glob("*.png"))) == 5
     with pytest.raises(ValueError, match="already holds"):
         args.run(args)
 

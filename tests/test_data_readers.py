@@ -15,8 +15,22 @@ from ernie_sparse.cli import main
 from ernie_sparse.data.collate import pad_collate
 from ernie_sparse.data.documents import PYTHON_DOCS_DIR, read_documents
 from ernie_sparse.data.errors import DataFormatError
-from ernie_sparse.data.images import FASHION_MNIST_DIR, read_fashion_mnist
-from ernie_sparse.data.lra import grayscale_tokens, read_cifar10, read_retrieval, read_text
+from ernie_sparse.data.images import (
+    FASHION_MNIST_DIR,
+    is_cifar10,
+    read_cifar_split,
+    read_fashion_mnist,
+    split_part,
+)
+from ernie_sparse.data.lra import (
+    grayscale_tokens,
+    read_cifar10,
+    read_image,
+    read_retrieval,
+    read_text,
+    retrieval_split_path,
+)
+from ernie_sparse.data.pixels import read_cifar10_pixels
 
 # --- Text ---
 
@@ -62,6 +76,64 @@ def test_text_tsv_and_jsonl_and_their_errors(tmp_path) -> None:
     assert "bad.tsv:4: expected 2 tab-separated columns" in str(dataset.bad.skipped[2])
 
 
+def write_reviews(path, count: int, *, start: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{('neg', 'pos')[i % 2]}\treview number {i}" for i in range(start, start + count)]
+    path.write_text("label\ttext\n" + "".join(row + "\n" for row in rows), encoding="utf-8")
+
+
+def review_texts(dataset) -> set[str]:
+    return {bytes((e["input_ids"] - 1).tolist()).decode() for e in dataset.examples}
+
+
+def test_text_from_a_folder_of_split_files(tmp_path, caplog) -> None:
+    write_reviews(tmp_path / "imdb" / "train.tsv", 6)
+    write_reviews(tmp_path / "imdb" / "test.tsv", 2, start=100)
+    folder = tmp_path / "imdb"
+    assert (len(read_text(folder, split="train")), len(read_text(folder, split="test"))) == (6, 2)
+    with caplog.at_level("INFO", logger="ernie_sparse.data"):
+        validation = read_text(folder, split="val")
+    assert review_texts(validation) == review_texts(read_text(folder, split="test"))
+    assert "no validation split: validation reads the test split (LRA's" in caplog.text
+    with pytest.raises(ValueError, match="a folder holds several splits; give split="):
+        read_text(folder)
+    (folder / "train.tsv").write_text("label\ttext\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"imdb \[train\]: no examples"):
+        read_text(folder, split="train")
+
+
+def test_one_text_file_is_never_the_training_split(tmp_path) -> None:
+    """Before: a single file was train, validation and test at once (best weights chosen
+    on training rows). Now it is one split, read whole: evaluate it; train on a folder."""
+    path = tmp_path / "reviews.tsv"
+    write_reviews(path, 5)
+    with pytest.raises(ValueError, match=r"reviews\.tsv: one file cannot be the training split"):
+        read_text(path, split="train")
+    assert len(read_text(path, split="test")) == len(read_text(path, split="val")) == 5
+    assert len(read_text(path)) == 5  # data info and library use: the file as it is
+    path.write_bytes(b"label\ttext\npos\tok\nneg\t\xff\xfe\n")
+    with pytest.raises(DataFormatError, match=r"reviews\.tsv: not UTF-8 text"):
+        read_text(path, split="test")
+
+
+def test_text_validation_held_out_of_train_by_a_seeded_hash(tmp_path) -> None:
+    folder = tmp_path / "imdb"
+    write_reviews(folder / "train.tsv", 60)
+    write_reviews(folder / "test.tsv", 4, start=100)
+
+    def split(name: str, seed: int = 3):
+        return review_texts(read_text(folder, split=name, val_fraction=0.25, seed=seed))
+
+    train, val = split("train"), split("val")
+    assert not train & val and len(train | val) == 60 and 5 <= len(val) <= 25
+    assert val == split("val") and val != split("val", seed=4)
+    assert split("test") == review_texts(read_text(folder, split="test"))
+    write_reviews(folder / "val.tsv", 3, start=200)  # a val split of its own wins
+    assert len(split("val")) == 3 and len(split("train")) == 60
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
+        read_text(folder, split="val", val_fraction=1.0)
+
+
 def test_text_cut_to_max_length_is_counted(tmp_path) -> None:
     tsv = tmp_path / "long.tsv"
     tsv.write_text("label\ttext\n1\t" + "a" * 30 + "\n0\tshort\n", encoding="utf-8")
@@ -105,6 +177,18 @@ def write_cifar(root, per_batch=10):
     return root
 
 
+def test_retrieval_split_files_and_a_single_file(tmp_path) -> None:
+    assert retrieval_split_path(tmp_path, "val") == tmp_path / "new_aan_pairs.eval.tsv"
+    path = tmp_path / "heldout.tsv"
+    path.write_text("1\ta\tb\tone\ttwo\n", encoding="utf-8")
+    assert retrieval_split_path(path, "test") == path
+    with pytest.raises(ValueError, match=r"heldout\.tsv: one file cannot be the training split"):
+        retrieval_split_path(path, "train")
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"heldout\.tsv: no examples"):
+        read_retrieval(path)
+
+
 def test_cifar_splits_and_grayscale(tmp_path) -> None:
     root = write_cifar(tmp_path / "cifar-10-batches-py")
     train, val, test = (read_cifar10(root, split=s) for s in ("train", "val", "test"))
@@ -119,6 +203,26 @@ def test_cifar_splits_and_grayscale(tmp_path) -> None:
     (root / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="data_batch_3: not a CIFAR-10 python batch"):
         read_cifar10(root)
+
+
+def test_every_cifar_reader_shares_one_batch_reader_and_split(tmp_path) -> None:
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    assert is_cifar10(root) and not is_cifar10(tmp_path)
+    batches = []
+    for i in range(1, 6):
+        with (root / f"data_batch_{i}").open("rb") as handle:
+            batches.append(pickle.load(handle)[b"data"])
+    training_set = np.concatenate(batches).reshape(-1, 3, 32, 32)  # 50 images: val = 45..49
+    for split, first in (("train", 0), ("val", 45)):
+        rgb = read_cifar_split(root, split)[0][0]  # [3, 32, 32]
+        assert np.array_equal(rgb, training_set[first])
+        pixels = read_cifar10_pixels(root, split=split)[0]["labels"]  # [3072], interleaved
+        assert pixels.tolist() == rgb.transpose(1, 2, 0).reshape(-1).tolist()
+        tokens = read_image(root, split=split)[0]["input_ids"]  # LRA Image: grayscale
+        assert tokens.tolist() == grayscale_tokens(rgb[None])[0].tolist()
+    assert [split_part(s, 50) for s in ("train", "val", "test")] == [
+        slice(None, 45), slice(45, None), slice(None)
+    ]  # fmt: skip
 
 
 def write_idx(path, array, magic):
@@ -224,6 +328,14 @@ def test_data_info_prints_counts_lengths_and_labels(tmp_path, capsys) -> None:
     assert "1 bad skipped" in capsys.readouterr().out
 
 
+def test_data_info_on_a_folder_of_split_files(tmp_path, capsys) -> None:
+    write_reviews(tmp_path / "imdb" / "train.tsv", 6)
+    write_reviews(tmp_path / "imdb" / "test.tsv", 2, start=100)
+    assert main(["data", "info", str(tmp_path / "imdb")]) == 0
+    out = capsys.readouterr().out
+    assert "split files" in out and "train: 6 examples" in out and "test: 2 examples" in out
+
+
 def test_data_info_on_generated_listops(tmp_path, capsys) -> None:
     args = ["data", "listops", "--out", str(tmp_path), "--num-train", "30", "--num-val", "5"]
     args += ["--num-test", "5", "--min-len", "10", "--max-len", "40"]
@@ -232,6 +344,9 @@ def test_data_info_on_generated_listops(tmp_path, capsys) -> None:
     assert main(["data", "info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "listops" in out and "train: 30 examples" in out and "test: 5 examples" in out
+    assert main(["data", "info", str(tmp_path / "basic_test.tsv")]) == 0  # one file
+    out = capsys.readouterr().out
+    assert "listops" in out and "basic_test.tsv: 5 examples" in out
 
 
 def test_a_tokenizer_files_own_truncation_never_cuts_documents(tmp_path) -> None:

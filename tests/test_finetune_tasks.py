@@ -11,6 +11,7 @@ import yaml
 from ernie_sparse.cli import main
 from ernie_sparse.training.config import preset_values, resolve
 from ernie_sparse.training.loop import Run
+from ernie_sparse.training.plot import training_nll
 from ernie_sparse.training.tasks import get_task, task_names
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
@@ -115,6 +116,12 @@ def test_task_trains_and_evaluates(tmp_path, task, preset, make_data, metric) ->
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r for r in lines if f"val_{metric}" in r]
     assert [r["step"] for r in evaluations] == [2, 4]
+    # SAOR (alpha 1): the loss is NLL(p1) + NLL(p2) + KL; nll is per pass, as val_loss
+    for record in (r for r in lines if "loss" in r):
+        passes = record["nll_pass1"] + record["nll_pass2"]
+        assert record["nll"] == pytest.approx(passes / 2, abs=2e-6)
+        assert record["loss"] == pytest.approx(passes + record["kl"], abs=4e-6)
+        assert training_nll(record, tmp_path / "run") == record["nll"]
     assert all(0.0 <= r[f"val_{metric}"] <= 1.0 for r in evaluations)
     assert (tmp_path / "run" / "best.safetensors").is_file()
     assert main(["evaluate", str(tmp_path / "run"), "--split", "val", "--batch-size", "2"]) == 0

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_attention import random_bf16_case
 
 from ernie_sparse.attention import choose_backend, expand_layout, sparse_attention
 from ernie_sparse.attention import fused as fused_module
@@ -282,15 +283,21 @@ def test_layout_csr_lists_each_rows_blocks_in_order() -> None:
 # --------------------------------------------------------------------------- bf16 / fp16
 
 
-def low_precision_max_errors(backend, dtype, q, k, v, layout, *, block_size, mask, grad_out):
-    """Max abs errors of out, dq, dk, dv in ``dtype`` against the float64 truth."""
-    kwargs = {"block_size": block_size, "grad_out": grad_out, "mask": mask}
-    truth = forward_backward("reference", q, k, v, layout, **kwargs)
+def random_low_precision_case(seed: int):
+    return random_bf16_case(seed, block_sizes=(8, 16, 32, 64), max_len=160)
+
+
+def low_precision_max_errors(backend, dtype, q, k, v, layout, *, block_size, mask, grad_out, truth):
+    """Max abs errors of out, dq, dk, dv in ``dtype`` against the float64 ``truth``.
+
+    ``backend="sdpa"`` is PyTorch's SDPA in ``dtype`` with the equivalent dense token mask
+    (rows that may attend no key, NaN in SDPA, are zeroed as the backends zero them)."""
     low = [t.to(dtype) for t in (q, k, v)]
     if backend == "sdpa":
         token_mask = expand_layout(layout, block_size, q.shape[2])[None] & mask[:, None, None, :]
+        has_key = token_mask.any(dim=-1, keepdim=True)
         leaves = [t.detach().requires_grad_() for t in low]
-        out = F.scaled_dot_product_attention(*leaves, attn_mask=token_mask)
+        out = F.scaled_dot_product_attention(*leaves, attn_mask=token_mask | ~has_key) * has_key
         out.backward(grad_out.to(dtype))
         got = [out.detach(), *(t.grad for t in leaves)]
     else:
@@ -302,20 +309,21 @@ def low_precision_max_errors(backend, dtype, q, k, v, layout, *, block_size, mas
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_low_precision_error_within_twice_sdpa(dtype: torch.dtype) -> None:
-    """Max error vs float64 truth is at most twice that of PyTorch's SDPA in the same dtype."""
-    gen = torch.Generator().manual_seed(0)
-    batch, heads, seq_len, dim, block_size = 2, 2, 250, 64, 32
-    nb = math.ceil(seq_len / block_size)
-    # Global block 0 is real in every sequence: every query has a key, so SDPA has no NaN rows.
-    layout = bigbird(nb, num_heads=heads, num_global=1, num_random=2, generator=gen)
-    q, k, v, grad_out = random_inputs((batch, heads, seq_len, dim), generator=gen, count=4)
-    mask = padding_mask([seq_len, 180], seq_len)
-    kwargs = {"block_size": block_size, "mask": mask, "grad_out": grad_out}
-    fused_err = low_precision_max_errors("fused", dtype, q, k, v, layout, **kwargs)
-    sdpa_err = low_precision_max_errors("sdpa", dtype, q, k, v, layout, **kwargs)
-    for name, err, base in zip(["out", "dq", "dk", "dv"], fused_err, sdpa_err, strict=True):
-        assert err <= 2 * base, (name, err, base)
+def test_low_precision_max_error_within_twice_sdpa(dtype: torch.dtype) -> None:
+    """On 40 random cases, the max error of each of out, dq, dk, dv against the float64
+    truth is at most twice that of PyTorch's SDPA in the same dtype."""
+    failures, worst = [], 0.0
+    for seed in range(40):
+        inputs, kwargs = random_low_precision_case(seed)
+        truth = forward_backward("reference", *inputs, **kwargs)
+        got = low_precision_max_errors("fused", dtype, *inputs, **kwargs, truth=truth)
+        sdpa = low_precision_max_errors("sdpa", dtype, *inputs, **kwargs, truth=truth)
+        for name, err, base in zip(["out", "dq", "dk", "dv"], got, sdpa, strict=True):
+            worst = max(worst, err / max(base, 1e-30))
+            if err > 2 * base + 1e-6:  # the floor: a tensor that is exactly 0 in both
+                failures.append((seed, name, err, base))
+    assert not failures, f"over 2x SDPA's max error (seed, tensor, err, sdpa): {failures}"
+    assert worst > 0.5  # the comparison is live: errors are of SDPA's size, not all zero
 
 
 # --------------------------------------------------------------------------- refusals
@@ -442,7 +450,7 @@ def test_dropout_gradients_use_the_forward_mask() -> None:
 # --------------------------------------------------------------------------- unavailable
 
 
-def test_unavailable_kernel_is_refused_by_name_and_auto_keeps_blocked(monkeypatch) -> None:
+def test_unavailable_kernel_is_refused_by_name_and_auto_falls_back_to_blocked(monkeypatch) -> None:
     status = BuildStatus(False, "no C++ compiler ('c++' is not on PATH)")
     monkeypatch.setattr(fused_module, "build_status", lambda: status)
     assert not fused_module.fused_available()
@@ -454,6 +462,14 @@ def test_unavailable_kernel_is_refused_by_name_and_auto_keeps_blocked(monkeypatc
     assert choose_backend(q) == "blocked"
     auto = sparse_attention(q, k, v, layout, block_size=16)
     assert torch.equal(auto, sparse_attention(q, k, v, layout, block_size=16, backend="blocked"))
+
+
+@needs_kernel
+def test_auto_picks_the_fused_kernel_on_cpu() -> None:
+    q = torch.zeros(1, 2, 32, 8)
+    assert choose_backend(q) == "fused"
+    assert choose_backend(q.to(torch.bfloat16), dropout_p=0.1) == "fused"
+    assert choose_backend(q.to(torch.int32)) == "blocked"  # a dtype the kernel does not take
 
 
 def test_build_errors_are_summarized() -> None:

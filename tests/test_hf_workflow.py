@@ -377,13 +377,16 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(
 
 
 def tiny_tokenizer_file(path):
-    """A word-level tokenizer.json: [CLS] words [SEP], BERT's special-token names."""
+    """A word-level tokenizer.json: [CLS] words [SEP] (pairs: [CLS] a [SEP] b [SEP], the
+    second in segment 1), BERT's special-token names."""
     tokenizers = pytest.importorskip("tokenizers")
     vocab = {word: index for index, word in enumerate(WORDS)}
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
@@ -433,3 +436,169 @@ def test_pipelines_on_a_folder_with_a_tokenizer(tmp_path):
     assert torch.allclose(features, states, atol=1e-6)
     nested = extract(texts)
     assert len(nested) == 2 and len(nested[0][0]) == 14 and len(nested[0][0][0]) == 16
+
+
+# --- fill-mask and extractive question answering on converted and built folders ---
+
+
+def bert_with_tokenizer(tmp_path, head: str):
+    """A tiny BERT (``head``: transformers class name) with the word-level tokenizer, and
+    its ``ernie-sparse convert`` (dense pattern, HST off: the same function)."""
+    from ernie_sparse.training.export import write_tokenizer_config
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+    )
+    bert = getattr(transformers, head)(config).eval()
+    with torch.no_grad():
+        for parameter in bert.parameters():
+            parameter.normal_(std=0.2)
+    source = tmp_path / "bert"
+    bert.save_pretrained(source)
+    write_tokenizer_config(
+        tiny_tokenizer_file(source / "tokenizer.json"), max_positions=40, segments=True
+    )
+    out = tmp_path / "converted"
+    argv = ["convert", "--from", str(source), "--out", str(out), "--max-positions", "40"]
+    assert main([*argv, "--pattern", "dense", "--no-hst"]) == 0
+    return bert, source, out
+
+
+def test_fill_mask_pipeline_on_a_converted_folder_is_berts(tmp_path):
+    _, source, converted = bert_with_tokenizer(tmp_path, "BertForMaskedLM")
+    ours = transformers.pipeline("fill-mask", model=str(converted), device="cpu")
+    theirs = transformers.pipeline("fill-mask", model=str(source), device="cpu")
+    assert isinstance(ours.model, ErnieSparseForMaskedLM)
+    assert isinstance(theirs.model, transformers.BertForMaskedLM)
+    for text in ["w1 w2 [MASK] w4 w5 w6", "[MASK] w30 w31 w32 w33 w34 w35 w36 w37 w38 w39"]:
+        mine, bert = ours(text, top_k=5), theirs(text, top_k=5)
+        assert [r["token_str"] for r in mine] == [r["token_str"] for r in bert]
+        assert [r["score"] for r in mine] == pytest.approx([r["score"] for r in bert], abs=1e-5)
+        assert all(set(r) == {"score", "token", "token_str", "sequence"} for r in mine)
+
+
+def windows_of(tokenizer, question: str, context: str, *, max_seq_len: int, doc_stride: int):
+    return tokenizer(
+        question,
+        context,
+        truncation="only_second",
+        max_length=max_seq_len,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=True,  # the last window is shorter
+        return_tensors="pt",
+    )
+
+
+def best_answer_by_brute_force(model, tokenizer, question, context, **window) -> tuple:
+    """transformers 4's rule, written out: per window, softmax of start and of end logits
+    over the context tokens; the best p(start) * p(end) span of at most 15 tokens over all
+    windows; its characters."""
+    encoded = windows_of(tokenizer, question, context, **window)
+    inputs = {key: encoded[key] for key in tokenizer.model_input_names}
+    with torch.no_grad():
+        out = model(**inputs)
+    best = (-1.0, "")
+    for window_index in range(len(encoded["input_ids"])):
+        context_tokens = [s == 1 for s in encoded.sequence_ids(window_index)]
+        keep = torch.tensor(context_tokens)
+        start = out.start_logits[window_index].masked_fill(~keep, -10000.0).softmax(-1)
+        end = out.end_logits[window_index].masked_fill(~keep, -10000.0).softmax(-1)
+        offsets = encoded["offset_mapping"][window_index]
+        for i in keep.nonzero().flatten().tolist():
+            for j in keep.nonzero().flatten().tolist():
+                if i <= j < i + 15 and float(start[i] * end[j]) > best[0]:
+                    first, last = int(offsets[i][0]), int(offsets[j][1])
+                    best = (float(start[i] * end[j]), context[first:last])
+    return best
+
+
+def test_question_answering_pipeline_on_a_converted_folder(tmp_path):
+    """The converted model (its span head copied into BERT's) answers as BERT does, and as
+    the windowed search written out in the test, over a context of many windows."""
+    _, source, converted = bert_with_tokenizer(tmp_path, "BertModel")
+    ours = transformers.pipeline("extractive-question-answering", model=str(converted))
+    assert isinstance(ours.model, ErnieSparseForQuestionAnswering)
+    with torch.no_grad():
+        ours.model.ernie_sparse.span.weight.normal_(std=0.5)  # a head with some preference
+    bert = transformers.BertForQuestionAnswering.from_pretrained(source).eval()
+    with torch.no_grad():
+        bert.qa_outputs.weight.copy_(ours.model.ernie_sparse.span.weight)
+        bert.qa_outputs.bias.copy_(ours.model.ernie_sparse.span.bias)
+    theirs = transformers.pipeline(
+        "extractive-question-answering", model=bert, tokenizer=str(source)
+    )
+    question = "w1 w2 w3"
+    context = " ".join(f"w{(7 * i) % 40}" for i in range(70))
+    window = {"max_seq_len": 24, "doc_stride": 6}
+    assert len(windows_of(ours.tokenizer, question, context, **window)["input_ids"]) >= 4
+    answer = ours(question=question, context=context, **window)
+    assert answer == pytest.approx(theirs(question=question, context=context, **window))
+    score, text = best_answer_by_brute_force(bert, ours.tokenizer, question, context, **window)
+    assert answer["answer"] == text == context[answer["start"] : answer["end"]]
+    assert answer["score"] == pytest.approx(score, abs=1e-6)
+    top = ours(question=question, context=context, top_k=3, **window)
+    assert len(top) == 3 and top[0] == pytest.approx(answer)
+    assert top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+    both = ours(question=[question, "w5"], context=[context, "w5 w6 w7 w8"], **window)
+    assert both[0] == pytest.approx(answer) and both[1]["answer"] in "w5 w6 w7 w8"
+    with pytest.raises(ValueError, match="both as strings or both as lists"):
+        ours(question=question, context=[context])
+    with pytest.raises(ValueError, match="max_seq_len must be a positive integer"):
+        ours(question=question, context=context, max_seq_len=0)
+    with pytest.raises(KeyError, match="question-answering has been removed"):
+        transformers.pipeline("question-answering", model=str(converted))  # why ours exists
+
+
+def point_span_head_at(model: ErnieSparseForQuestionAnswering, token: int) -> None:
+    """Start and end logits that rise only at ``token``, through every sparse layer: feature
+    0 of the residual stream is 50 for ``token``, 0 elsewhere, and no sublayer writes it
+    (pre-LN); the final norm keeps it the largest, the head reads it."""
+    native = model.ernie_sparse
+    with torch.no_grad():
+        embeddings = native.encoder.embeddings
+        embeddings.word.weight[:, 0] = 0.0
+        embeddings.word.weight[token, 0] = 50.0
+        embeddings.position.weight[:, 0] = 0.0
+        embeddings.representative[0] = 0.0
+        for module in native.encoder.modules():
+            if hasattr(module, "output") and isinstance(module.output, torch.nn.Linear):
+                module.output.weight[0] = 0.0  # attention, hierarchical and feed-forward
+                module.output.bias[0] = 0.0
+        native.span.weight.zero_()
+        native.span.weight[:, 0] = 10.0
+        native.span.bias.zero_()
+
+
+def test_question_answering_pipeline_finds_an_answer_beyond_the_first_window(tmp_path):
+    from ernie_sparse.training.export import write_tokenizer_config
+
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(WORDS), layer_norm="pre", dropout=0.0)
+    model = ErnieSparseForQuestionAnswering(config).eval()
+    point_span_head_at(model, WORDS.index("w39"))
+    folder = tmp_path / "qa"
+    model.save_pretrained(folder)
+    write_tokenizer_config(
+        tiny_tokenizer_file(folder / "tokenizer.json"), max_positions=64, segments=False
+    )
+    qa = transformers.pipeline("extractive-question-answering", model=str(folder))
+    words = [f"w{(3 * i) % 39}" for i in range(60)]
+    words[50] = "w39"
+    context = " ".join(words)
+    window = {"max_seq_len": 24, "doc_stride": 4}
+    encoded = windows_of(qa.tokenizer, "w1 w2", context, **window)
+    holding = [int((row == WORDS.index("w39")).any()) for row in encoded["input_ids"]]
+    assert holding[0] == 0 and sum(holding) >= 1  # only a later window holds the answer
+    answer = qa(question="w1 w2", context=context, **window)
+    assert answer["answer"] == "w39"
+    assert answer["start"] == context.index(" w39") + 1 and answer["score"] > 0.9
+    # The whole context in one window: the same answer (the head is not the windows).
+    assert qa(question="w1 w2", context=context, max_seq_len=64)["answer"] == "w39"

@@ -12,8 +12,11 @@ from torch import nn
 
 from ernie_sparse.analysis.memory_profile import (
     ProfileConfig,
+    ProfiledModel,
+    build_model,
     fit_line,
     head_split,
+    profiled_models,
     run_profile,
     saved_activation_bytes,
     table1,
@@ -76,6 +79,22 @@ def test_least_squares_line_and_head_splits() -> None:
         fit_line([128], [1.0])
     assert head_split(2, 12) == "10:2" and head_split(3, 12) == "8:2:2"  # the paper's
     assert head_split(3, 4) == "2:1:1"
+
+
+def test_models_are_built_from_their_structured_n_not_their_label() -> None:
+    config = ProfileConfig(hidden_size=24, num_layers=1, num_heads=6, mlp_size=24, vocab_size=20)
+    assert [(m.label, m.blocks) for m in profiled_models(config)] == [
+        ("BERT", 0),
+        ("BlockBERT n=2", 2),
+        ("BlockBERT n=3", 3),
+    ]
+    blockbert = build_model(ProfiledModel("any label", blocks=3), 48, config).config
+    assert (blockbert.pattern, blockbert.block_size, blockbert.block_multiple) == (
+        "blockbert",
+        16,
+        3,
+    )
+    assert build_model(ProfiledModel("BlockBERT n=3"), 48, config).config.pattern == "dense"
 
 
 def test_blockbert_divides_the_quadratic_activation_memory_by_n() -> None:

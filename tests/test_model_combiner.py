@@ -5,15 +5,16 @@ padding invariance."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
-from ernie_sparse.attention.combiner import COMBINER_VARIANTS, combiner_reference
+from ernie_sparse.attention.combiner import COMBINER_VARIANTS, VARIANTS, combiner_reference
 from ernie_sparse.models import PRESETS, Encoder, ModelConfig, preset
 
 VOCAB = 13
-CAUSAL_VARIANTS = tuple(v for v in COMBINER_VARIANTS if v != "learnable")
+CAUSAL_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.causal)
 CASES = [(v, False) for v in COMBINER_VARIANTS] + [(v, True) for v in CAUSAL_VARIANTS]
 
 
@@ -33,7 +34,7 @@ def small(**overrides) -> ModelConfig:
 
 
 def combiner_config(variant: str, causal: bool, **overrides) -> ModelConfig:
-    span = 2 if variant == "logsparse" else 4
+    span = 2 if VARIANTS[variant].span_power_of_two else 4
     layer_norm = "pre" if causal else "post"  # cover both residual orders
     return small(
         attention="combiner",
@@ -114,6 +115,38 @@ def test_allowed_combinations_and_presets() -> None:
     assert "causal-combiner-learnable" not in PRESETS
 
 
+@pytest.mark.parametrize("name", COMBINER_VARIANTS)
+def test_config_and_presets_follow_each_variant_record(name) -> None:
+    """ModelConfig and the presets read the record: a new variant needs no edit there."""
+    variant = VARIANTS[name]
+    combiner = {"attention": "combiner", "combiner_variant": name}
+    assert preset(f"combiner-{name}", vocab_size=VOCAB).combiner_variant == name
+    assert (f"causal-combiner-{name}" in PRESETS) == variant.causal
+    if variant.causal:
+        assert small(**combiner, causal=True).causal
+    else:
+        with pytest.raises(ValueError, match=re.escape(variant.causal_refusal)):
+            small(**combiner, causal=True)
+    if variant.min_heads > 1:
+        heads = variant.min_heads - 1
+        with pytest.raises(ValueError, match=f"num_heads >= {variant.min_heads}"):
+            small(**combiner, num_heads=heads, hidden_size=8 * heads)
+    if variant.span_power_of_two:
+        with pytest.raises(ValueError, match="combiner_span to be a power of two"):
+            small(**combiner, combiner_span=3)
+    else:
+        assert small(**combiner, combiner_span=3).combiner_partition == 3
+    if variant.takes_clusters:
+        assert small(**combiner, combiner_clusters=3).combiner_cluster_count == 3
+    else:
+        assert small(**combiner).combiner_cluster_count is None
+        with pytest.raises(ValueError, match="combiner_clusters applies only to"):
+            small(**combiner, combiner_clusters=3)
+    # The model's span is fixed by max_positions unless the default does not depend on N.
+    expected = None if variant.default_span is not None else 8  # ceil(sqrt(64))
+    assert small(**combiner).combiner_partition == expected
+
+
 # --- plumbing: the encoder equals a hand-written transformer on the reference ---
 
 
@@ -175,7 +208,7 @@ def test_combiner_encoder_equals_hand_written_transformer_on_reference(
     got = encoder(ids, mask).hidden_states
     expected = reference_encoder(encoder, ids, mask, on_reference(config))
     torch.testing.assert_close(got[mask], expected[mask], rtol=1e-9, atol=1e-9)
-    if variant != "logsparse":  # the span reaches the kernel: another span changes outputs
+    if not VARIANTS[variant].span_power_of_two:  # the span reaches the kernel: 3 changes outputs
         other = reference_encoder(encoder, ids, mask, on_reference(config, span=3))
         assert not torch.allclose(got[mask], other[mask], atol=1e-6)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ernie_sparse.objectives import roll_local_tokens, saor_loss, saor_terms
+from ernie_sparse.objectives import roll_local_tokens, saor_loss, saor_terms, symmetric_kl
 
 
 def loop_roll(row: list[int], *, shift: int, num_global: int, length: int) -> list[int]:
@@ -88,6 +88,45 @@ def test_saor_loss_equals_the_formula() -> None:
         assert got == pytest.approx(direct_saor(logits1, logits2, labels, alpha), rel=1e-6)
 
 
+def test_float64_is_kept_and_matches_the_formula_to_1e_12() -> None:
+    gen = torch.Generator().manual_seed(4)
+    logits1 = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 3
+    logits2 = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 3
+    labels = torch.randint(0, 5, (6,), generator=gen)
+    for alpha in (0.0, 0.5, 4.0):
+        got = saor_loss(logits1, logits2, labels, alpha=alpha)
+        assert got.dtype == torch.float64
+        want = direct_saor(logits1, logits2, labels, alpha)
+        assert abs(got.item() - want) <= 1e-12 * max(1.0, abs(want))
+    assert symmetric_kl(logits1, logits2).dtype == torch.float64
+    assert saor_loss(logits1, None, labels, alpha=0.0).dtype == torch.float64
+
+
+def test_float64_gradients_of_the_objective_pass_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(5)
+    logits1 = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    logits2 = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4), generator=gen)
+    labels[1, :2] = -100  # ignored rows, as for masked LM
+
+    def objective(a, b):
+        return saor_loss(a, b, labels, alpha=0.7)
+
+    assert torch.autograd.gradcheck(objective, (logits1, logits2), eps=1e-6, atol=1e-10)
+    assert torch.autograd.gradcheck(symmetric_kl, (logits1[0], logits2[0]), atol=1e-10)
+
+
+def test_half_precision_is_computed_in_float32() -> None:
+    gen = torch.Generator().manual_seed(6)
+    logits1, logits2 = torch.randn(2, 4, 3, generator=gen).unbind()
+    labels = torch.tensor([0, 1, 2, 1])
+    for half in (torch.bfloat16, torch.float16):
+        got = saor_loss(logits1.to(half), logits2.to(half), labels, alpha=1.0)
+        assert got.dtype == torch.float32
+        want = saor_loss(logits1.to(half).float(), logits2.to(half).float(), labels, alpha=1.0)
+        assert torch.equal(got, want)
+
+
 def test_alpha_zero_is_plain_nll_of_one_pass() -> None:
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 3, 0])
@@ -101,10 +140,12 @@ def test_identical_passes_have_zero_kl_and_ignored_rows_drop_out() -> None:
     logits = torch.randn(2, 6, 5, generator=gen)  # token-level, as masked LM
     labels = torch.randint(0, 5, (2, 6), generator=gen)
     labels[0, :3] = -100
-    nll, kl = saor_terms(logits, logits.clone(), labels)
+    nll_first, nll_second, kl = saor_terms(logits, logits.clone(), labels)
     assert kl.item() == pytest.approx(0.0, abs=1e-7)
     kept = labels != -100
-    assert nll.item() == pytest.approx(2 * F.cross_entropy(logits[kept], labels[kept]).item())
+    assert nll_first.item() == pytest.approx(F.cross_entropy(logits[kept], labels[kept]).item())
+    assert torch.equal(nll_first, nll_second)
+    assert saor_terms(logits, None, labels)[1:] == (None, 0)
 
 
 def test_gradients_reach_both_passes() -> None:
@@ -131,6 +172,7 @@ from ernie_sparse.models import (  # noqa: E402
     SequenceClassifier,
     preset,
 )
+from ernie_sparse.models.heads import PER_TOKEN  # noqa: E402
 from ernie_sparse.objectives import saor_forward  # noqa: E402
 
 
@@ -185,6 +227,14 @@ def test_saor_forward_equals_two_explicit_passes(generator, as_one_batch) -> Non
     want = saor_loss(first, second, batch["labels"], alpha=2.0)
     torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
     assert out.kl > 0  # the rolled pattern changes the prediction
+    # per pass: NLL(p1), NLL(p2), and their mean (comparable with an evaluation's loss)
+    torch.testing.assert_close(out.nll_first, model(**batch).loss, atol=1e-5, rtol=1e-5)
+    labels = batch["labels"]
+    torch.testing.assert_close(
+        out.nll_second, F.cross_entropy(second, labels), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(out.nll, (out.nll_first + out.nll_second) / 2)
+    torch.testing.assert_close(out.loss, 2 * out.nll + 2.0 * out.kl)
 
 
 def test_saor_roll_zero_and_rdrop_in_eval_have_zero_kl(generator) -> None:
@@ -200,8 +250,7 @@ class TokenEcho(torch.nn.Module):
     """Per-token logits that depend only on each token: a roll must not change them
     once the second pass is rolled back."""
 
-    SEQUENCE_INPUTS = (("input_ids", "attention_mask"),)
-    LOGITS_SEQUENCE_DIM = 1
+    SEQUENCE_INPUTS = PER_TOKEN
 
     def __init__(self) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ import torch
 
 from ernie_sparse.patterns import (
     PATTERNS,
+    SPECS,
     bigbird,
     blockbert,
     dense,
@@ -426,14 +427,13 @@ def test_make_layout_unknown_parameter_names_it_and_the_accepted_ones() -> None:
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_every_registered_pattern_gives_a_layout(name: str) -> None:
-    params = {"global": {"count": 1}, "fixed": {"stride": 2}, "blockbert": {"head_split": "1:1"}}
     layout = make_layout(
         name,
         seq_len=60,
         block_size=8,
         num_heads=2,
         generator=torch.Generator().manual_seed(0),
-        **params.get(name, {}),
+        **SPECS[name].example,  # the registry's small valid parameters
     )
     assert layout.dtype == torch.bool
     assert layout.dim() == 3

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -130,26 +128,24 @@ def test_pretrain_refuses_an_existing_run_and_an_empty_corpus(tmp_path, corpus, 
 FIXED = ("vocab_size", "hidden_size", "num_heads", "num_layers", "mlp_size")
 
 
-def fake_pretrained(base: ModelConfig, weights: dict, calls: list) -> types.ModuleType:
-    """A stand-in for models.pretrained: the checkpoint is ``base`` and ``weights``."""
+def fake_checkpoint(monkeypatch, base: ModelConfig, weights: dict, calls: list) -> None:
+    """The checkpoint is ``base`` and ``weights`` (plus an MLM head): stand-ins for the
+    two readers training.warm_start uses, its config file and the whole checkpoint."""
+    from ernie_sparse.models.pretrained import Checkpoint, override_config
+    from ernie_sparse.training import warm_start
 
-    def load_encoder(directory, **overrides):
-        calls.append(overrides)
-        assert not set(overrides) & set(FIXED), "fixed fields must not be overridden"
-        values = {**base.to_dict(), **overrides}
-        return ModelConfig.from_dict(values), weights
+    def read_checkpoint_config(directory, **overrides):
+        calls.append(("config", overrides))
+        return override_config(base, overrides)  # refuses fixed fields, as the real one
 
     def read_checkpoint(directory, **overrides):
+        calls.append(("weights", overrides))
+        assert not set(overrides) & set(FIXED), "fixed fields must not be overridden"
         head = {"bias": torch.full((base.vocab_size,), 0.5)}
-        return types.SimpleNamespace(mlm_head=head)
+        return Checkpoint(override_config(base, overrides), weights, head, "ernie_sparse")
 
-    module = types.ModuleType("ernie_sparse.models.pretrained")
-    module.FIXED_FIELDS, module.load_encoder, module.read_checkpoint = (
-        FIXED,
-        load_encoder,
-        read_checkpoint,
-    )
-    return module
+    monkeypatch.setattr(warm_start, "read_checkpoint_config", read_checkpoint_config)
+    monkeypatch.setattr(warm_start, "read_checkpoint", read_checkpoint)
 
 
 def test_warm_start_takes_the_checkpoint_config_and_weights(tmp_path, corpus, monkeypatch) -> None:
@@ -168,10 +164,8 @@ def test_warm_start_takes_the_checkpoint_config_and_weights(tmp_path, corpus, mo
     )
     torch.manual_seed(5)
     weights = Encoder(base).state_dict()
-    calls: list[dict] = []
-    monkeypatch.setitem(
-        sys.modules, "ernie_sparse.models.pretrained", fake_pretrained(base, weights, calls)
-    )
+    calls: list[tuple[str, dict]] = []
+    fake_checkpoint(monkeypatch, base, weights, calls)
 
     def args(*overrides: str) -> argparse.Namespace:
         return argparse.Namespace(
@@ -200,4 +194,6 @@ def test_warm_start_takes_the_checkpoint_config_and_weights(tmp_path, corpus, mo
     loaded = run.module.state_dict()
     assert all(torch.equal(loaded[f"encoder.{key}"], value) for key, value in weights.items())
     assert torch.equal(loaded["bias"], torch.full((len(vocab),), 0.5))  # the MLM head too
-    assert calls[-1]["dropout"] == 0.0 and "hidden_size" not in calls[-1]
+    kind, overrides = calls[-1]
+    assert kind == "weights" and overrides["dropout"] == 0.0 and "hidden_size" not in overrides
+    assert [kind for kind, _ in calls].count("weights") == 1  # the weights read once

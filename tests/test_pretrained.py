@@ -245,3 +245,20 @@ def test_untied_decoder_and_unused_weights_are_reported(tmp_path):
     torch.save(state, directory / "pytorch_model.bin")
     with pytest.warns(UserWarning, match="not loaded: classifier.weight"):
         load_encoder(directory)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_config_alone_is_the_checkpoints_config(tmp_path, kind, monkeypatch):
+    from ernie_sparse.models import pretrained
+
+    directory, _ = tiny_checkpoint(tmp_path, kind)
+    overrides = {"pattern": "local", "block_size": 8, "max_positions": 64, "hst": {"enabled": True}}
+    expected = read_checkpoint(directory, **overrides).config
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("read_checkpoint_config must not read the weights")
+
+    monkeypatch.setattr(pretrained, "read_weights", no_weights)
+    assert pretrained.read_checkpoint_config(directory, **overrides) == expected
+    with pytest.raises(ValueError, match="cannot override hidden_size"):
+        pretrained.read_checkpoint_config(directory, hidden_size=8)

@@ -1,8 +1,16 @@
-"""Command line: ``ernie-sparse <command> ...`` (also ``python -m ernie_sparse``)."""
+"""Command line: ``ernie-sparse <command> ...`` (also ``python -m ernie_sparse``).
+
+Every command takes ``--log-level`` (default info: warnings, what reading data cut or
+skipped, a line per evaluation, all on stderr), ``key=value`` overrides anywhere on the
+line, and ends quietly when its output pipe closes (``ernie-sparse ... | head``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import export
 
     export.add_arguments(commands.add_parser("export", help="a training run as a HF folder"))
+    from .training import predict
+
+    predict.add_arguments(commands.add_parser("predict", help="a trained run's predictions"))
     layout = commands.add_parser("layout", help="render a sparse pattern as a PNG")
     from .patterns.cli import add_arguments as add_layout_arguments
 
@@ -72,12 +83,87 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
-    except (ValueError, TypeError, OSError) as error:
-        print(f"ernie-sparse: error: {error}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        add_log_level(parser)
+        try:
+            args = parse_arguments(parser, argv)
+        except SystemExit:  # --help, --version or a usage error: printed, maybe into a pipe
+            sys.stdout.flush()
+            raise
+        configure_logging(args.log_level)
+        try:
+            code = int(args.run(args) or 0)
+        except BrokenPipeError:
+            raise
+        except (ValueError, TypeError, OSError) as error:
+            print(f"ernie-sparse: error: {error}", file=sys.stderr)
+            return 2
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `ernie-sparse ... | head`: the reader has all it wanted
+        return _closed_stdout()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def add_log_level(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
+    """``--log-level`` on the command and every subcommand, so it may come anywhere."""
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default="info" if top else argparse.SUPPRESS,  # a subcommand's keeps the top's
+        help="messages shown on stderr (default info: warnings, truncation counts, "
+        "one line per evaluation)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                add_log_level(subparser, top=False)
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``parse_args``, except that ``key=value`` overrides may come anywhere on the line
+    (argparse takes only the first run of them, before or between options)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if isinstance(overrides, list):
+        kept = [item for item in extra if "=" in item and not item.startswith("-")]
+        overrides.extend(kept)
+        extra = [item for item in extra if item not in kept]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def configure_logging(level: str) -> None:
+    """The package's log lines (``ernie_sparse.*``) on stderr from ``level`` up (other
+    libraries' logging is left as Python has it). Replaces an earlier call's handler, so
+    ``main`` can run many times in one process."""
+    logger = logging.getLogger("ernie_sparse")
+    for handler in list(logger.handlers):
+        if getattr(handler, "ernie_sparse_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+    handler.setFormatter(logging.Formatter(prefix + LOG_FORMAT))
+    handler.ernie_sparse_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def _closed_stdout() -> int:
+    """Point stdout at /dev/null so the interpreter's final flush finds no closed pipe;
+    exit as a process killed by SIGPIPE would (128 + 13), with no message."""
+    with contextlib.suppress(OSError, ValueError):  # stdout is no file (captured): no flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..bench.common import int_list
+from ..cli_args import int_list
 from ..models.config import parse_overrides
 from ..training.config import merge_values
 from .experiments import ExperimentSpec, make_spec, spawn_workers, work, write_report

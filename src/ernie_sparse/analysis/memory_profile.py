@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..bench.common import int_list
+from ..cli_args import int_list
 from ..models import SequenceClassifier, preset
 from ..plotting import pyplot, save_figure
 
@@ -62,8 +62,21 @@ class ProfileConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class ProfiledModel:
+    """One profiled model: its label in rows, fits and report, and BlockBERT's n."""
+
+    label: str
+    blocks: int = 0  # BlockBERT's n (parts, one layout block each); 0 = the BERT-like model
+
+
+def profiled_models(config: ProfileConfig) -> list[ProfiledModel]:
+    """BERT first (the O(N^2) baseline), then BlockBERT for each n."""
+    return [ProfiledModel("BERT"), *(ProfiledModel(f"BlockBERT n={n}", n) for n in config.blocks)]
+
+
 def model_names(config: ProfileConfig) -> list[str]:
-    return ["BERT", *(f"BlockBERT n={n}" for n in config.blocks)]
+    return [model.label for model in profiled_models(config)]
 
 
 def head_split(blocks: int, heads: int) -> str:
@@ -76,7 +89,7 @@ def head_split(blocks: int, heads: int) -> str:
     return ":".join(map(str, counts))
 
 
-def build_model(name: str, length: int, config: ProfileConfig) -> SequenceClassifier:
+def build_model(model: ProfiledModel, length: int, config: ProfileConfig) -> SequenceClassifier:
     sizes = {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -88,13 +101,12 @@ def build_model(name: str, length: int, config: ProfileConfig) -> SequenceClassi
         "attention_dropout": config.attention_dropout,
         "attention_backend": "blocked",
     }
-    if name == "BERT":
+    if not model.blocks:
         model_config = preset("dense", block_size=length, **sizes)
     else:
-        blocks = int(name.rsplit("=", 1)[1])
-        split = head_split(blocks, config.num_heads)
+        split = head_split(model.blocks, config.num_heads)
         # One layout block per part; N not divisible by n is padded to n blocks inside.
-        block_size = -(-length // blocks)
+        block_size = -(-length // model.blocks)
         model_config = preset(
             "blockbert", block_size=block_size, pattern_params={"head_split": split}, **sizes
         )
@@ -171,13 +183,13 @@ def cuda_activation_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return {"hooks": None, "context": None, "total": peak}
 
 
-def measure(name: str, length: int, config: ProfileConfig) -> dict:
+def measure(profiled: ProfiledModel, length: int, config: ProfileConfig) -> dict:
     """One (model, N) point at b = tokens / N."""
     if config.tokens % length:
         raise ValueError(f"--tokens {config.tokens} is not a multiple of N={length}")
     batch_size = config.tokens // length
     device = torch.device(config.device)
-    model = build_model(name, length, config).to(device).train()
+    model = build_model(profiled, length, config).to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
     ids = torch.randint(1, config.vocab_size, (batch_size, length), generator=generator)
     batch = {"input_ids": ids.to(device), "labels": torch.zeros(batch_size, dtype=torch.long)}
@@ -190,7 +202,7 @@ def measure(name: str, length: int, config: ProfileConfig) -> dict:
     counter = cuda_activation_bytes if device.type == "cuda" else saved_activation_bytes
     with sdpa_kernel([SDPBackend.MATH]), autocast:
         sizes = counter(model, batch)
-    return {"model": name, "seq_len": length, "batch": batch_size, **sizes}
+    return {"model": profiled.label, "seq_len": length, "batch": batch_size, **sizes}
 
 
 def fit_line(lengths: list[int], values: list[float]) -> tuple[float, float]:
@@ -206,18 +218,23 @@ def fit_line(lengths: list[int], values: list[float]) -> tuple[float, float]:
 def run_profile(config: ProfileConfig, *, log=print) -> dict:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but CUDA is not available here")
+    models = profiled_models(config)
     rows = []
-    for name in model_names(config):
+    for model in models:
         for length in config.lengths:
-            row = measure(name, length, config)
+            row = measure(model, length, config)
             rows.append(row)
-            log(f"  {name:>14} N={length:>5} b={row['batch']:>3}: {row['total'] / GIB:.3f} GiB")
+            log(
+                f"  {model.label:>14} N={length:>5} b={row['batch']:>3}: "
+                f"{row['total'] / GIB:.3f} GiB"
+            )
     fits = {}
-    for name in model_names(config):
-        points = [r for r in rows if r["model"] == name]
+    for model in models:
+        points = [r for r in rows if r["model"] == model.label]
         slope, intercept = fit_line([r["seq_len"] for r in points], [r["total"] for r in points])
-        fits[name] = {"slope_bytes_per_token": slope, "intercept_bytes": intercept}
-    dense_slope = fits["BERT"]["slope_bytes_per_token"]
+        fits[model.label] = {"slope_bytes_per_token": slope, "intercept_bytes": intercept}
+    baseline = next(model.label for model in models if not model.blocks)
+    dense_slope = fits[baseline]["slope_bytes_per_token"]
     for fit in fits.values():
         fit["quadratic_vs_bert"] = fit["slope_bytes_per_token"] / dense_slope
     method = "cuda max_memory_allocated" if config.device == "cuda" else "autograd saved tensors"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .gathered import gathered_block_attention
 from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
-from .padding import pad_to_multiple
+from .padding import effective_block_size, pad_to_multiple
 from .reference import masked_attention
 
 
@@ -30,10 +30,19 @@ class BlockPlan:
     key_blocks: torch.Tensor  # [H or 1, ns, slots] key block per slot (0 in unused slots)
     slot_valid: torch.Tensor | None  # [H or 1, ns, slots] False for unused slots; None: all used
     block_order: torch.Tensor | None  # [nb] output order after cat(dense, sparse); None: identity
+    dense_range: tuple[int, int] | None  # (first, count) when dense_rows is a range, else None
+    sparse_range: tuple[int, int] | None  # the same for sparse_rows
 
     @property
     def slots(self) -> int:
         return self.key_blocks.shape[-1]
+
+
+def _as_range(rows: torch.Tensor) -> tuple[int, int] | None:
+    """(first, count) of sorted, distinct block indices that form a range, else None."""
+    if not rows.numel() or int(rows[-1]) - int(rows[0]) + 1 != rows.numel():
+        return None
+    return int(rows[0]), rows.numel()
 
 
 def _build_plan(layout: torch.Tensor) -> BlockPlan:
@@ -54,19 +63,25 @@ def _build_plan(layout: torch.Tensor) -> BlockPlan:
         key_blocks=order.masked_fill(~slot_valid, 0),
         slot_valid=None if bool(slot_valid.all()) else slot_valid,
         block_order=None if identity else block_order,
+        dense_range=_as_range(dense_rows),
+        sparse_range=_as_range(sparse_rows),
     )
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_plan(key: LayoutKey, device: str) -> BlockPlan:
     plan = _build_plan(layout_from_key(key))
-    moved = {name: None if t is None else t.to(device) for name, t in vars(plan).items()}
+    moved = {
+        name: value.to(device) if isinstance(value, torch.Tensor) else value
+        for name, value in vars(plan).items()
+    }
     return BlockPlan(**moved)
 
 
-def block_plan(layout: torch.Tensor) -> BlockPlan:
-    """The visiting plan of ``layout``, cached by content (so resampled layouts just work)."""
-    return _cached_plan(layout_key(layout), str(layout.device))
+def block_plan(layout: torch.Tensor, device: torch.device | str | None = None) -> BlockPlan:
+    """The visiting plan of ``layout``, cached by content (so resampled layouts just work),
+    with its tensors on ``device`` (default: the layout's; ``meta`` for shape inference)."""
+    return _cached_plan(layout_key(layout), str(layout.device if device is None else device))
 
 
 def _flat_key_index(plan: BlockPlan, batch: int, heads: int, num_blocks: int) -> torch.Tensor:
@@ -95,10 +110,12 @@ def _sparse_key_mask(
     return mask.view(rows, 1, slots * block_size)
 
 
-def _select_rows(blocks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _select_rows(
+    blocks: torch.Tensor, rows: torch.Tensor, row_range: tuple[int, int] | None
+) -> torch.Tensor:
     """blocks[:, :, rows] for [B, H, nb, bs, D]; a slice (no copy) when rows are a range."""
-    first, count = int(rows[0]), rows.numel()
-    if int(rows[-1]) - first + 1 == count:  # rows are sorted and distinct
+    if row_range is not None:
+        first, count = row_range
         return blocks[:, :, first : first + count]
     return blocks[:, :, rows]
 
@@ -106,7 +123,7 @@ def _select_rows(blocks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def _sparse_rows_attention(q_blocks, k_blocks, v_blocks, plan, key_valid, dropout_p):
     batch, heads, num_blocks, block_size, dim = q_blocks.shape
     sparse_rows = plan.sparse_rows.numel()
-    queries = _select_rows(q_blocks, plan.sparse_rows)
+    queries = _select_rows(q_blocks, plan.sparse_rows, plan.sparse_range)
     flat_index = _flat_key_index(plan, batch, heads, num_blocks)
     out = gathered_block_attention(
         queries.reshape(batch * heads * sparse_rows, block_size, dim),
@@ -122,14 +139,29 @@ def _sparse_rows_attention(q_blocks, k_blocks, v_blocks, plan, key_valid, dropou
 def _dense_rows_attention(q_blocks, k, v, plan, key_valid, dropout_p):
     batch, heads, _, block_size, dim = q_blocks.shape
     dense_rows = plan.dense_rows.numel()
-    queries = _select_rows(q_blocks, plan.dense_rows).reshape(
+    queries = _select_rows(q_blocks, plan.dense_rows, plan.dense_range).reshape(
         batch, heads, dense_rows * block_size, dim
     )
+    queries = queries.to(k.dtype)  # float32 where k, v were widened (_widen_shared_keys)
     if key_valid is None:
         out = F.scaled_dot_product_attention(queries, k, v, dropout_p=dropout_p)
     else:
         out = masked_attention(queries, k, v, key_valid[:, None, None, :], dropout_p=dropout_p)
-    return out.view(batch, heads, dense_rows, block_size, dim)
+    return out.to(q_blocks.dtype).view(batch, heads, dense_rows, block_size, dim)
+
+
+def _widen_shared_keys(q, k, v, plan):
+    """Half-precision k, v that both the dense rows (SDPA) and the sparse rows read, widened
+    to float32 once when a backward will run, and the dense rows then computed in float32:
+    the two gradient contributions of a key are summed in float32 and rounded once, not
+    rounded apart and summed in half precision (up to twice SDPA's error). The values stay
+    exact (float32 holds every half-precision value); outputs are rounded once either way."""
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    both_paths = plan.dense_rows.numel() and plan.sparse_rows.numel()
+    needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    if not (half and both_paths and needs_grad):
+        return k, v
+    return k.float(), v.float()
 
 
 def blocked_attention(
@@ -142,11 +174,14 @@ def blocked_attention(
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Block-sparse attention over [B, H, N, D] inputs; N is padded to the block size inside."""
+    """Block-sparse attention over [B, H, N, D] inputs; N is padded to the block size inside
+    (a block larger than N is cut to N: one block, the same attention)."""
     batch, heads, seq_len, dim = q.shape
+    block_size = effective_block_size(block_size, seq_len)
     num_blocks = layout.shape[-1]
     q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, block_size)
-    plan = block_plan(layout)
+    plan = block_plan(layout, q.device)
+    k, v = _widen_shared_keys(q, k, v, plan)
     shape = (batch, heads, num_blocks, block_size, dim)
     q_blocks, k_blocks, v_blocks = (t.reshape(shape) for t in (q, k, v))  # [B, H, nb, bs, D]
     parts = []

@@ -8,7 +8,7 @@ import torch
 
 from .blocked import blocked_attention
 from .flex import flex_available, flex_sparse_attention
-from .fused import fused_sparse_attention
+from .fused import FUSED_DTYPES, fused_available, fused_sparse_attention
 from .reference import reference_attention
 from .validation import check_attention_inputs
 
@@ -24,13 +24,16 @@ def choose_backend(q: torch.Tensor, *, dropout_p: float = 0.0) -> str:
     """The fastest exact backend for this device and request (``backend="auto"``).
 
     CUDA: ``flex`` (fused Triton kernel, training and inference) unless attention
-    dropout is asked for, which ``flex`` lacks. CPU: ``blocked``, which has a
-    backward and beat compiled CPU flex in ``ernie-sparse bench attention``. The fused
-    CPU kernel (``backend="fused"``) is only used when asked for by name.
+    dropout is asked for, which ``flex`` lacks. CPU: the C++ kernel ``fused``, faster
+    than ``blocked`` at every length ``ernie-sparse bench attention`` measures (see
+    docs/bench/cpu-2core-fp32/); where it cannot be built (no compiler, or
+    ``ERNIE_SPARSE_FUSED=0``), ``blocked``, after one logged warning that says why.
     Never the dense ``reference``: its memory is quadratic in the length.
     """
     if q.device.type == "cuda" and flex_available() and dropout_p == 0.0:
         return "flex"
+    if q.device.type in ("cpu", "meta") and q.dtype in FUSED_DTYPES and fused_available():
+        return "fused"
     return "blocked"
 
 
@@ -73,13 +76,25 @@ def sparse_attention(
         backend = choose_backend(q, dropout_p=dropout_p)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if layout.device.type == "meta" and (q.device.type != "meta" or backend != "reference"):
+        raise ValueError(
+            f"backend {backend!r} needs the layout's values and a layout on the meta device "
+            "has none; pass the layout as a CPU tensor (q, k and v may stay on meta)"
+            + ("" if q.device.type != "meta" else ", or use backend='reference'")
+        )
     if key_padding_mask is not None:
+        if key_padding_mask.device.type == "meta" and q.device.type != "meta":
+            raise ValueError(
+                f"key_padding_mask is on the meta device (no values) but q is on {q.device}"
+            )
         key_padding_mask = key_padding_mask.to(q.device)
+    # Backends read the layout where it is (its content keys their caches) and put what
+    # they derive from it on q's device; q, k, v on meta with a CPU layout infer shapes.
     return BACKENDS[backend](
         q,
         k,
         v,
-        layout.to(q.device),
+        layout,
         block_size=block_size,
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p,

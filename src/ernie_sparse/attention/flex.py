@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
-from .padding import pad_to_multiple
+from .padding import effective_block_size, pad_to_multiple
 
 
 def flex_available() -> bool:
@@ -133,6 +133,11 @@ def flex_sparse_attention(
     """Block-sparse attention with FlexAttention; N is padded to the block size inside."""
     if dropout_p > 0:
         raise ValueError("backend 'flex' has no attention dropout; use backend='blocked'")
+    if q.device.type == "meta":
+        raise ValueError(
+            "backend 'flex' cannot infer shapes on meta tensors (FlexAttention runs only on "
+            "real devices); use backend='blocked', 'fused' or 'reference' on meta"
+        )
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if q.device.type == "cpu" and needs_grad:
         raise RuntimeError(
@@ -142,6 +147,8 @@ def flex_sparse_attention(
     if q.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     seq_len = q.shape[2]
+    # One block over the whole sequence: tile it at 128 (what the kernel needs), not block_size.
+    block_size = effective_block_size(block_size, seq_len, multiple=128)
     mask_block = flex_block_size(block_size, q.device, q.dtype)
     q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, mask_block)
     block_mask = layout_block_mask(layout, block_size, key_valid, q.device, q.dtype)

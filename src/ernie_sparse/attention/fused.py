@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
-from .padding import pad_to_multiple
+from .padding import effective_block_size, pad_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,10 @@ def fused_sparse_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Block-sparse attention over [B, H, N, D] CPU inputs with the fused kernel; N is padded
-    to the block size inside. Inputs are checked by ``sparse_attention``."""
-    if q.device.type != "cpu":
+    to the block size inside (a block larger than N is cut to N: one block, the same
+    attention). Inputs are checked by ``sparse_attention``. On ``meta`` inputs (with a CPU
+    layout) the op's fake implementation infers shapes without the kernel."""
+    if q.device.type not in ("cpu", "meta"):
         raise ValueError(
             f"backend 'fused' is a CPU kernel, got {q.device.type} tensors; "
             "use backend='flex' or 'blocked' there"
@@ -291,8 +293,10 @@ def fused_sparse_attention(
     if q.dtype not in FUSED_DTYPES:
         names = ", ".join(str(t).removeprefix("torch.") for t in FUSED_DTYPES)
         raise TypeError(f"backend 'fused' supports {names}; got {q.dtype}")
-    _require_kernel()
+    if q.device.type == "cpu":
+        _require_kernel()
     seq_len = q.shape[2]
+    block_size = effective_block_size(block_size, seq_len)
     q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, block_size)
     if key_valid is not None:
         key_valid = key_valid.contiguous()

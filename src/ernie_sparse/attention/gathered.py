@@ -8,6 +8,8 @@ matmul speed there, and no N-sized temporaries are page-faulted in). When a
 backward will run, each chunk keeps its gathered keys, values and
 probabilities, O(N * slots * bs) in all, so the backward needs no second
 gather or softmax. Attention dropout regenerates its mask from a saved seed.
+Half-precision inputs are computed in float32 (scores, probabilities, P V, the
+gradients and their sums over query blocks) and rounded once, at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def _chunks(rows: int, slots: int, block_size: int, device: torch.device):
         yield start, min(rows, start + per_chunk)
 
 
+def _knows_values(tensor: torch.Tensor) -> bool:
+    """False on the meta device (shape inference), where no value can be read."""
+    return tensor.device.type != "meta"
+
+
 def _key_bias(key_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Additive bias [R, 1, K] (0 allowed, -inf masked) and, if some block has no key at all,
     a [R, 1, 1] float multiplier that zeroes those blocks (their bias is made 0 to avoid NaN)."""
@@ -37,26 +44,33 @@ def _key_bias(key_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch
     allowed = key_mask | ~has_key
     bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device)
     bias.masked_fill_(~allowed, float("-inf"))
-    keep_rows = None if bool(has_key.all()) else has_key.to(torch.float32)
+    every_block_has_a_key = _knows_values(has_key) and bool(has_key.all())
+    keep_rows = None if every_block_has_a_key else has_key.to(torch.float32)
     return bias, keep_rows
 
 
 def _rows_with_masked_keys(key_mask: torch.Tensor | None) -> list[int] | None:
-    """Running count of query blocks with a masked key, so a chunk without one skips the bias."""
-    if key_mask is None:
+    """Running count of query blocks with a masked key, so a chunk without one skips the bias
+    (None: no mask, or its values are unknown and every chunk takes the bias)."""
+    if key_mask is None or not _knows_values(key_mask):
         return None
     return [0, *(~key_mask).any(dim=-1).flatten().cumsum(0).tolist()]
 
 
+def _chunk_bias(bias, masked_so_far, start, stop):
+    """The bias of query blocks [start, stop), or None when none of them has a masked key."""
+    if bias is None or (masked_so_far is not None and masked_so_far[stop] == masked_so_far[start]):
+        return None
+    return bias[start:stop]
+
+
 def _probabilities(scaled_queries, keys, bias, keep_rows):
-    """Softmax probabilities [n, bs, K] (float) of one chunk's pre-scaled queries and keys."""
-    # Half-precision inputs get float32 scores (as fused kernels accumulate them).
-    wide = torch.promote_types(scaled_queries.dtype, torch.float32)
-    scaled, wide_keys = scaled_queries.to(wide), keys.to(wide)
+    """Softmax probabilities [n, bs, K] of one chunk's pre-scaled queries and keys (both of
+    the compute dtype, float32 or float64)."""
     if bias is None:
-        scores = torch.bmm(scaled, wide_keys.transpose(1, 2))
+        scores = torch.bmm(scaled_queries, keys.transpose(1, 2))
     else:  # the mask as an additive 0 / -inf bias, fused into the matmul
-        scores = torch.baddbmm(bias.to(wide), scaled, wide_keys.transpose(1, 2))
+        scores = torch.baddbmm(bias.to(keys.dtype), scaled_queries, keys.transpose(1, 2))
     probs = torch.softmax(scores, dim=-1)
     if keep_rows is not None:
         probs.mul_(keep_rows)  # blocks with no allowed key give zeros
@@ -74,65 +88,72 @@ class GatheredBlockAttention(torch.autograd.Function):
         ctx, queries, key_blocks, value_blocks, key_index, key_mask, dropout_p, keep_for_backward
     ):
         rows, block_size, dim = queries.shape
+        # Half precision computes in float32 throughout (scores, probabilities, P V, the
+        # scale) and rounds only the output, as PyTorch's own SDPA kernels do.
+        wide = torch.promote_types(queries.dtype, torch.float32)
         scale = dim**-0.5
         seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
         bias, keep_rows = _key_bias(key_mask)
         masked_so_far = _rows_with_masked_keys(key_mask)
-        scaled_queries = queries * scale  # S = (scale * Q) K^T
         out = torch.empty_like(queries)
         saved = []  # per chunk: gathered keys, values and probabilities, for the backward
         for start, stop in _chunks(rows, key_index.shape[1], block_size, key_blocks.device):
             index = key_index[start:stop].flatten()
             keys = key_blocks.index_select(0, index).view(stop - start, -1, dim)
             values = value_blocks.index_select(0, index).view(stop - start, -1, dim)
-            masked = masked_so_far is not None and masked_so_far[stop] > masked_so_far[start]
             probs = _probabilities(
-                scaled_queries[start:stop],
-                keys,
-                bias[start:stop] if masked else None,
+                queries[start:stop].to(wide) * scale,  # S = (scale * Q) K^T
+                keys.to(wide),
+                _chunk_bias(bias, masked_so_far, start, stop),
                 None if keep_rows is None else keep_rows[start:stop],
             )
             used = probs
             if dropout_p > 0:
                 keep = _dropout_keep(probs.shape, dropout_p, seed, start, probs.device)
                 used = probs * keep / (1.0 - dropout_p)
-            torch.bmm(used.to(values.dtype), values, out=out[start:stop])
-            if keep_for_backward:
-                saved.append((keys, values, probs))
-        ctx.save_for_backward(scaled_queries, key_blocks, value_blocks, key_index, out)
+            if out.dtype == wide:
+                torch.bmm(used, values, out=out[start:stop])
+            else:  # rounded once, from the float32 product
+                out[start:stop] = torch.bmm(used, values.to(wide))
+            if keep_for_backward:  # stored in the queries' dtype (exact, see below)
+                saved.append((keys.to(queries.dtype), values.to(queries.dtype), probs))
+        ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, out)
         ctx.chunks = saved
         ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        scaled_queries, key_blocks, value_blocks, key_index, out = ctx.saved_tensors
-        rows, block_size, dim = scaled_queries.shape
+        queries, key_blocks, value_blocks, key_index, out = ctx.saved_tensors
+        rows, block_size, dim = queries.shape
+        wide = torch.promote_types(out.dtype, torch.float32)
         grad_out = grad_out.contiguous()
         # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = <dO, O>.
-        wide = torch.promote_types(out.dtype, torch.float32)
         row_dot = (grad_out.to(wide) * out.to(wide)).sum(dim=-1, keepdim=True)  # [R, bs, 1]
-        grad_queries = torch.empty_like(scaled_queries)
-        grad_keys = torch.zeros_like(key_blocks)
-        grad_values = torch.zeros_like(value_blocks)
+        grad_queries = torch.empty_like(queries)
+        # dK, dV sum over every query block that visits a key block: accumulate them wide.
+        grad_keys = torch.zeros(key_blocks.shape, dtype=wide, device=key_blocks.device)
+        grad_values = torch.zeros(value_blocks.shape, dtype=wide, device=value_blocks.device)
         ranges = _chunks(rows, key_index.shape[1], block_size, key_blocks.device)
         for (start, stop), (keys, values, probs) in zip(ranges, ctx.chunks, strict=True):
             index = key_index[start:stop].flatten()
-            chunk_grad = grad_out[start:stop]
-            grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2)).to(probs.dtype)
+            keys, values = keys.to(wide), values.to(wide)
+            chunk_grad = grad_out[start:stop].to(wide)
+            grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2))
             used = probs
             if ctx.dropout_p > 0:
                 keep = _dropout_keep(probs.shape, ctx.dropout_p, ctx.seed, start, probs.device)
                 used = probs * keep / (1.0 - ctx.dropout_p)
                 grad_probs.mul_(keep).div_(1.0 - ctx.dropout_p)
-            chunk_grad_values = torch.bmm(used.to(values.dtype).transpose(1, 2), chunk_grad)
-            grad_scores = grad_probs.sub_(row_dot[start:stop]).mul_(probs).to(keys.dtype)
+            chunk_grad_values = torch.bmm(used.transpose(1, 2), chunk_grad)
+            grad_scores = grad_probs.sub_(row_dot[start:stop]).mul_(probs)
             # S = (scale * Q) K^T, so dQ = scale * dS K and dK = dS^T (scale * Q).
             grad_queries[start:stop] = torch.bmm(grad_scores, keys).mul_(ctx.scale)
-            chunk_queries = scaled_queries[start:stop]
+            chunk_queries = queries[start:stop].to(wide) * ctx.scale
             chunk_grad_keys = torch.bmm(grad_scores.transpose(1, 2), chunk_queries)
             grad_keys.index_add_(0, index, chunk_grad_keys.view(-1, block_size, dim))
             grad_values.index_add_(0, index, chunk_grad_values.view(-1, block_size, dim))
+        grad_keys, grad_values = grad_keys.to(key_blocks.dtype), grad_values.to(key_blocks.dtype)
         return grad_queries, grad_keys, grad_values, None, None, None, None
 
 
@@ -146,8 +167,10 @@ def gathered_block_attention(
 ) -> torch.Tensor:
     """Attention of ``queries`` [R, bs, D] over the key blocks ``key_index`` [R, slots] names.
 
-    ``key_blocks`` and ``value_blocks`` are [M, bs, D]; ``key_mask`` [R, 1, slots * bs]
-    is True for keys that may be attended. Returns [R, bs, D].
+    ``key_blocks`` and ``value_blocks`` are [M, bs, D], of the queries' dtype or, for
+    half-precision queries, float32 holding half-precision values (then their gradients come
+    back in float32, unrounded, to be summed with other float32 contributions); ``key_mask``
+    [R, 1, slots * bs] is True for keys that may be attended. Returns [R, bs, D].
     """
     # Keep per-chunk state for the backward only when one will run.
     keep_for_backward = torch.is_grad_enabled() and any(

@@ -14,6 +14,11 @@ LayoutKey = tuple[bytes, tuple[int, ...]]
 
 def layout_key(layout: torch.Tensor) -> LayoutKey:
     """Hashable content of a layout: its bytes and shape."""
+    if layout.device.type == "meta":
+        raise ValueError(
+            "this backend plans its work from the layout's values, and a layout on the meta "
+            "device has none; pass the layout as a CPU tensor (q, k and v may stay on meta)"
+        )
     cpu_layout = layout.detach().to("cpu", torch.bool).contiguous()
     return cpu_layout.numpy().tobytes(), tuple(cpu_layout.shape)
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .padding import zero_padded_keys
+
 
 def expand_layout(layout: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
-    """Token mask [H or 1, N, N] from a block layout [H or 1, nb, nb]."""
-    token_mask = layout.repeat_interleave(block_size, dim=1).repeat_interleave(block_size, dim=2)
-    return token_mask[:, :seq_len, :seq_len]
+    """Token mask [H or 1, N, N] from a block layout [H or 1, nb, nb].
+
+    Built by indexing, so its cost is O(N^2) whatever the block size (a block of 16384 over
+    32 tokens costs a 32 x 32 mask, not 16384 x 16384)."""
+    token_block = torch.arange(seq_len, device=layout.device) // block_size  # [N]
+    return layout[:, token_block][:, :, token_block]  # [H or 1, N, N]
 
 
 def masked_attention(
@@ -43,6 +48,7 @@ def reference_attention(
 ) -> torch.Tensor:
     """softmax(QK^T / sqrt(D) + mask) V with the layout expanded to tokens."""
     seq_len = q.shape[-2]
+    k, v = zero_padded_keys(k, v, key_padding_mask)
     mask = expand_layout(layout.to(q.device), block_size, seq_len)[None]  # [1, H, N, N]
     if key_padding_mask is not None:
         mask = mask & key_padding_mask[:, None, None, :]  # [B, H, N, N]

@@ -6,15 +6,7 @@ import math
 
 import torch
 
-
-def check_layout(layout: torch.Tensor) -> None:
-    """A layout is a bool tensor [H or 1, nb, nb]."""
-    if not isinstance(layout, torch.Tensor):
-        raise TypeError(f"layout must be a torch.Tensor, got {type(layout).__name__}")
-    if layout.dtype != torch.bool:
-        raise TypeError(f"layout must have dtype torch.bool, got {layout.dtype}")
-    if layout.dim() != 3 or layout.shape[1] != layout.shape[2]:
-        raise ValueError(f"layout must have shape [H or 1, nb, nb], got {tuple(layout.shape)}")
+from ..patterns import check_layout as check_layout  # the patterns' own type; re-exported
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -36,6 +28,16 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[2] == 0:
         raise ValueError("q, k, v have sequence length 0")
+
+
+def check_block_size(block_size: int) -> None:
+    """A positive Python int; a bool (an int subclass, so True would pass as 1) is refused."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(
+            f"block_size must be a positive int, got {type(block_size).__name__} {block_size!r}"
+        )
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
 
 
 def check_key_padding_mask(mask: torch.Tensor | None, *, batch: int, seq_len: int) -> None:
@@ -63,8 +65,7 @@ def check_attention_inputs(
 ) -> None:
     """Refuse shape, dtype and device mismatches before any work is done."""
     check_qkv(q, k, v)
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    check_block_size(block_size)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     batch, heads, seq_len, _ = q.shape

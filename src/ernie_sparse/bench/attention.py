@@ -24,14 +24,13 @@ import torch.nn.functional as F
 
 from ..attention import fused_available, sparse_attention
 from ..attention.combiner import COMBINER_VARIANTS, combiner_attention, combiner_pairs
+from ..cli_args import int_list, str_list
 from ..patterns import bigbird, num_blocks_for
 from .common import (
     device_name,
-    int_list,
     is_out_of_memory,
     median_ms,
     save_time_memory_figure,
-    str_list,
     synchronize,
     time_memory_cell,
     time_memory_figure,
@@ -78,26 +77,109 @@ def default_backends(device: torch.device) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _attention_fn(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
-    if name in ("blocked", "fused", "flex", "reference"):
+AttendBuilder = Callable[[BenchConfig, torch.Tensor, int], Callable]  # -> f(q, k, v)
+PairsCount = Callable[[BenchConfig, torch.Tensor, int], int]  # summed over heads
+
+
+@dataclass(frozen=True)
+class BenchBackend:
+    """One benchmark column: what it runs, the pattern it computes, the pairs it scores."""
+
+    attend: AttendBuilder  # (config, layout, seq_len) -> f(q, k, v)
+    pattern: str  # the rows' "pattern": the layout's (bigbird), dense, or combiner-<variant>
+    pairs: PairsCount  # query-key pairs summed over heads, for the useful GFLOP/s
+    skip: Callable[[BenchConfig, int], str | None] = lambda config, seq_len: None  # why not
+    cpu_backward: bool = True  # False: no CPU backward (PyTorch's FlexAttention)
+    missing: Callable[[], str | None] = lambda: None  # what must be installed, if absent
+
+
+def _layout_pairs(config: BenchConfig, layout: torch.Tensor, seq_len: int) -> int:
+    return int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
+
+
+def _sparse_backend(backend: str, *, cpu_backward: bool = True) -> BenchBackend:
+    def attend(config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
         return lambda q, k, v: sparse_attention(
-            q, k, v, layout, block_size=config.block_size, backend=name
+            q, k, v, layout, block_size=config.block_size, backend=backend
         )
-    if name == "dense":
-        return F.scaled_dot_product_attention
-    if name.startswith("combiner-") and name.removeprefix("combiner-") in COMBINER_VARIANTS:
-        variant = name.removeprefix("combiner-")  # its own factorized pattern, not the layout
-        return lambda q, k, v: combiner_attention(q, k, v, variant=variant)
-    if name == "hf-bigbird":
-        return hf_bigbird_attention(
-            seq_len=seq_len,
-            batch=config.batch,
-            heads=config.heads,
-            head_dim=config.head_dim,
-            block_size=config.block_size,
-            num_random=config.num_random,
-        )
-    raise ValueError(f"unknown benchmark backend {name!r}")
+
+    return BenchBackend(attend, "bigbird", _layout_pairs, cpu_backward=cpu_backward)
+
+
+def _combiner_backend(variant: str) -> BenchBackend:
+    """Combiner's own factorized pattern (default span), not the layout."""
+    return BenchBackend(
+        attend=lambda config, layout, seq_len: (
+            lambda q, k, v: combiner_attention(q, k, v, variant=variant)
+        ),
+        pattern=f"combiner-{variant}",
+        pairs=lambda config, layout, seq_len: combiner_pairs(variant, seq_len) * config.heads,
+    )
+
+
+def _hf_bigbird(config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
+    return hf_bigbird_attention(
+        seq_len=seq_len,
+        batch=config.batch,
+        heads=config.heads,
+        head_dim=config.head_dim,
+        block_size=config.block_size,
+        num_random=config.num_random,
+    )
+
+
+def hf_bigbird_skip_reason(config: BenchConfig, seq_len: int) -> str | None:
+    """Why HF BigBird cannot be timed at ``seq_len``: at or below (5 + 2r) blocks its model
+    switches to full attention, and its kernel fails on such lengths."""
+    shortest = (5 + 2 * config.num_random) * config.block_size
+    if seq_len <= shortest:
+        return f"skipped (HF BigBird needs N > {shortest})"
+    return None
+
+
+def _transformers_missing() -> str | None:
+    if hf_bigbird_available():
+        return None
+    return "transformers: pip install 'ernie-sparse[hf]'"
+
+
+BENCH_BACKENDS: dict[str, BenchBackend] = {
+    "blocked": _sparse_backend("blocked"),
+    "fused": _sparse_backend("fused"),
+    "flex": _sparse_backend("flex", cpu_backward=False),
+    "reference": _sparse_backend("reference"),
+    "dense": BenchBackend(
+        attend=lambda config, layout, seq_len: F.scaled_dot_product_attention,
+        pattern="dense",
+        pairs=lambda config, layout, seq_len: seq_len * seq_len * config.heads,
+    ),
+    "hf-bigbird": BenchBackend(
+        _hf_bigbird,
+        "bigbird",
+        _layout_pairs,
+        skip=hf_bigbird_skip_reason,
+        missing=_transformers_missing,
+    ),
+    **{f"combiner-{variant}": _combiner_backend(variant) for variant in COMBINER_VARIANTS},
+}
+# (sparse backend, baseline) speed-up columns of the summary, in order, where both ran.
+COMPARISONS = (
+    ("fused", "dense"),
+    ("fused", "hf-bigbird"),
+    ("blocked", "dense"),
+    ("blocked", "hf-bigbird"),
+    ("fused", "blocked"),
+)
+
+
+def _backend(name: str) -> BenchBackend:
+    if name not in BENCH_BACKENDS:
+        raise ValueError(f"unknown benchmark backend {name!r}")
+    return BENCH_BACKENDS[name]
+
+
+def _attention_fn(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Callable:
+    return _backend(name).attend(config, layout, seq_len)
 
 
 def _runner(fn: Callable, inputs: list[torch.Tensor], mode: str) -> Callable[[], None]:
@@ -144,20 +226,10 @@ def useful_gflop(pairs: int, config: BenchConfig, mode: str) -> float:
     return forward * (3 if mode == "fwd+bwd" else 1) / 1e9
 
 
-def hf_bigbird_skip_reason(config: BenchConfig, seq_len: int) -> str | None:
-    """Why HF BigBird cannot be timed at ``seq_len``: at or below (5 + 2r) blocks its model
-    switches to full attention, and its kernel fails on such lengths."""
-    shortest = (5 + 2 * config.num_random) * config.block_size
-    if seq_len <= shortest:
-        return f"skipped (HF BigBird needs N > {shortest})"
-    return None
-
-
 def _empty_row(name: str, config: BenchConfig, seq_len: int, mode: str) -> dict:
-    pattern = name if name.startswith("combiner-") else "dense" if name == "dense" else "bigbird"
     return {
         "backend": name,
-        "pattern": pattern,
+        "pattern": _backend(name).pattern,
         "seq_len": seq_len,
         "mode": mode,
         "median_ms": None,
@@ -170,11 +242,7 @@ def _empty_row(name: str, config: BenchConfig, seq_len: int, mode: str) -> dict:
 def _pairs(name: str, config: BenchConfig, layout: torch.Tensor, seq_len: int) -> int:
     """Query-key pairs summed over heads that a backend computes: the pattern's, all of
     them for dense, the scores Combiner computes."""
-    if name == "dense":
-        return seq_len * seq_len * config.heads
-    if name.startswith("combiner-"):
-        return combiner_pairs(name.removeprefix("combiner-"), seq_len) * config.heads
-    return int(layout.sum()) * config.block_size**2 * config.heads // layout.shape[0]
+    return _backend(name).pairs(config, layout, seq_len)
 
 
 def bench_length(
@@ -197,7 +265,7 @@ def bench_length(
     rows = {name: _empty_row(name, config, seq_len, mode) for name in names}
     runs: dict[str, Callable[[], None]] = {}
     for name in names:
-        skip = hf_bigbird_skip_reason(config, seq_len) if name == "hf-bigbird" else None
+        skip = _backend(name).skip(config, seq_len)
         if skip:
             rows[name]["status"] = skip
             continue
@@ -260,8 +328,10 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but CUDA is not available here")
     backends = config.backends or default_backends(device)
-    if "hf-bigbird" in backends and not hf_bigbird_available():
-        raise ValueError("backend hf-bigbird needs transformers: pip install 'ernie-sparse[hf]'")
+    for name in backends:
+        missing = BENCH_BACKENDS[name].missing() if name in BENCH_BACKENDS else None
+        if missing:
+            raise ValueError(f"backend {name} needs {missing}")
     dtype = getattr(torch, config.dtype)
     meta = {
         "device": device_name(device),
@@ -288,12 +358,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
             generator=generator,
         )
         for mode in config.modes:
-            # PyTorch has no CPU backward for FlexAttention.
-            names = tuple(
-                name
-                for name in backends
-                if not (name == "flex" and device.type == "cpu" and mode != "fwd")
-            )
+            names = tuple(name for name in backends if _runs(name, device, mode))
             for row in bench_length(names, config, layout, seq_len, mode, device):
                 row["matmul_fraction"] = (
                     round(row["gflops"] / meta["matmul_gflops"], 3) if row["gflops"] else None
@@ -301,6 +366,12 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
                 rows.append(row)
                 log(_format_row(row))
     return {"meta": meta, "rows": rows}
+
+
+def _runs(name: str, device: torch.device, mode: str) -> bool:
+    """Whether the backend can run this mode here (an unknown name fails in bench_length)."""
+    backend = BENCH_BACKENDS.get(name)
+    return backend is None or backend.cpu_backward or device.type != "cpu" or mode == "fwd"
 
 
 def _format_row(row: dict) -> str:
@@ -338,13 +409,8 @@ def summary_table(result: dict) -> str:
 
 def _comparisons(backends: list[str]) -> list[tuple[str, str]]:
     """(sparse backend, baseline) speed-up columns: each of fused and blocked against dense
-    and HF BigBird, and fused against blocked."""
-    sparse = [b for b in ("fused", "blocked") if b in backends]
-    baselines = [b for b in ("dense", "hf-bigbird") if b in backends]
-    pairs = [(s, b) for s in sparse for b in baselines]
-    if len(sparse) == 2:
-        pairs.append(("fused", "blocked"))
-    return pairs
+    and HF BigBird, and fused against blocked (``COMPARISONS`` where both ran)."""
+    return [pair for pair in COMPARISONS if set(pair) <= set(backends)]
 
 
 def plot_bench(result: dict, path: Path) -> Path | None:

@@ -1,8 +1,7 @@
-"""Helpers shared by the benchmarks: timing, device names, argument parsing."""
+"""Helpers shared by the benchmarks: timing, device names, figures and result files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -58,19 +57,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def str_list(text: str) -> tuple[str, ...]:
-    return tuple(x for x in text.split(",") if x)
 
 
 def time_memory_figure():

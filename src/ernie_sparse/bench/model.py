@@ -27,17 +27,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..cli_args import int_list, str_list
 from ..models import ModelConfig, SequenceClassifier, preset
 from ..objectives import saor_forward
 from .common import (
     device_name,
-    int_list,
     is_out_of_memory,
     save_time_memory_figure,
-    str_list,
     synchronize,
     time_memory_cell,
     time_memory_figure,
@@ -47,16 +47,34 @@ from .memory import peak_memory_mb
 
 FULL_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 QUICK_SEQ_LENS = (1024, 2048, 4096)
-MODELS = ("dense", "bigbird", "ernie-sparse", "ernie-sparse+saor", "blockbert-2", "blockbert-3")
-DEFAULT_MODELS = ("dense", "bigbird", "ernie-sparse")
-PRESET_OF = {
-    "dense": "dense",
-    "bigbird": "bigbird",
-    "ernie-sparse": "ernie-sparse-no-saor",
-    "ernie-sparse+saor": "ernie-sparse",
-    "blockbert-2": "blockbert",  # BlockBERT with n = 2 / 3 parts (its Table 5)
-    "blockbert-3": "blockbert",
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One model of the bench: its preset and what the bench does differently with it."""
+
+    preset: str  # models.presets name
+    overrides: Callable[[int], dict[str, Any]] | None = None  # num_heads -> preset overrides
+    quadratic: bool = False  # all pairs: "skipped" past dense_max_len, no memory-growth column
+
+
+def _blockbert_parts(parts: int) -> Callable[[int], dict[str, Any]]:
+    """BlockBERT with n = ``parts`` permutations (its Table 5), the heads spread evenly."""
+    return lambda heads: {"pattern_params": {"head_split": _even_split(parts, heads)}}
+
+
+BENCH_MODELS: dict[str, BenchModel] = {
+    "dense": BenchModel("dense", quadratic=True),
+    "bigbird": BenchModel("bigbird"),
+    "ernie-sparse": BenchModel("ernie-sparse-no-saor"),
+    "ernie-sparse+saor": BenchModel("ernie-sparse"),
+    "blockbert-2": BenchModel("blockbert", overrides=_blockbert_parts(2)),
+    "blockbert-3": BenchModel("blockbert", overrides=_blockbert_parts(3)),
 }
+MODELS = tuple(BENCH_MODELS)
+DEFAULT_MODELS = ("dense", "bigbird", "ernie-sparse")
+PRESET_OF = {name: model.preset for name, model in BENCH_MODELS.items()}
+HST_OVERHEAD = ("ernie-sparse", "bigbird")  # the table's "HST overhead": time ratio - 1
 STOPPING = ("oom", "capped")  # statuses after which a model is not run at longer lengths
 
 
@@ -86,13 +104,14 @@ def model_config(name: str, config: ModelBenchConfig) -> ModelConfig:
     """The model ``name`` at the bench's size; ``name@backend`` (``ernie-sparse@fused``)
     runs its attention with that backend instead of ``auto``."""
     name, _, backend = name.partition("@")
-    if name not in PRESET_OF:
+    if name not in BENCH_MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    model = BENCH_MODELS[name]
     extra = {"attention_backend": backend} if backend else {}
-    if name.startswith("blockbert-"):
-        extra["pattern_params"] = {"head_split": _even_split(int(name[-1]), config.num_heads)}
+    if model.overrides is not None:
+        extra.update(model.overrides(config.num_heads))
     return preset(
-        PRESET_OF[name],
+        model.preset,
         **extra,
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -111,6 +130,12 @@ def _even_split(parts: int, heads: int) -> str:
     if heads < parts:
         raise ValueError(f"blockbert-{parts} needs at least {parts} heads, got {heads}")
     return ":".join(str(heads // parts + (i < heads % parts)) for i in range(parts))
+
+
+def _quadratic(name: str) -> bool:
+    """A model that scores all pairs (by its exact name: ``dense@blocked`` is not looked up)."""
+    model = BENCH_MODELS.get(name)
+    return model is not None and model.quadratic
 
 
 def predict_peak_mb(points: list[tuple[int, float]], seq_len: int) -> float | None:
@@ -173,7 +198,7 @@ def _precheck(name: str, row: dict, config: ModelBenchConfig, *, points, stopped
     batch, seq_len = row["batch"], row["seq_len"]
     if name in stopped and batch >= stopped[name][1]:
         return stopped[name][0]  # it ran out of memory (or over the cap) at a smaller size
-    if name == "dense" and seq_len > config.dense_max_len:
+    if _quadratic(name) and seq_len > config.dense_max_len:
         return "skipped"
     if config.memory_cap_mb:
         axis = batch if config.inference_batches else seq_len
@@ -328,19 +353,19 @@ def summary_table(result: dict) -> str:
     by_key = {(r["seq_len"], r["model"]): r for r in rows}
     lengths = list(dict.fromkeys(r["seq_len"] for r in rows))
     header = ["n", *(f"{m} ms (MiB)" for m in models)]
-    has_hst = {"bigbird", "ernie-sparse"} <= set(models)
+    has_hst = set(HST_OVERHEAD) <= set(models)
     if has_hst:
         header.append("HST overhead")
-    header += [f"{m} memory vs n/2" for m in models if m != "dense"]
+    header += [f"{m} memory vs n/2" for m in models if not _quadratic(m)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, seq_len in enumerate(lengths):
         cells = [str(seq_len)] + [
             time_memory_cell(by_key.get((seq_len, m)), decimals=0) for m in models
         ]
         if has_hst:
-            cells.append(_ratio(by_key, seq_len, "ernie-sparse", "bigbird", minus_one=True))
+            cells.append(_ratio(by_key, seq_len, *HST_OVERHEAD, minus_one=True))
         previous = lengths[index - 1] if index else None
-        for model in (m for m in models if m != "dense"):
+        for model in (m for m in models if not _quadratic(m)):
             cells.append(_growth(by_key, model, seq_len, previous))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from .errors import BadRecords
+from .errors import BadRecords, DataFormatError
 
 log = logging.getLogger("ernie_sparse.data")
 
@@ -61,8 +61,12 @@ class TokenDataset(Dataset):
             ids = ids[:limit]
         return torch.as_tensor(ids, dtype=torch.long)
 
-    def finish(self, source: str) -> TokenDataset:
-        """Log what was skipped or cut while reading ``source``; returns self."""
+    def finish(self, source: str, *, empty: bool = True) -> TokenDataset:
+        """Log what was skipped or cut while reading ``source``; returns self. With
+        ``empty=False`` a source that holds no record at all is an error naming it (one
+        whose records were all skipped as bad is not: ``bad`` says what happened)."""
+        if not self.examples and not self.bad.count and not empty:
+            raise DataFormatError(source, None, "no examples: it holds no records")
         if self.bad.count:
             log.warning("%s: %s", source, self.bad.summary())
         if self.truncated:

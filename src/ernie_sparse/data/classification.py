@@ -7,7 +7,10 @@
   ``{"label": ..., "text": ...}`` object per line);
 - split folders ``train/`` / ``val/`` / ``test/``, each with one subfolder per label
   (IMDB's layout; every file under ``<split>/<label>/`` is a document);
-- label folders directly (``root/<label>/...``), split 80/10/10 by a hash of the path.
+- label folders directly (``root/<label>/...``), split 80/10/10 by a hash of the path;
+- or ``root`` is one TSV/JSONL file: a single split to evaluate (``evaluate RUN --data
+  FILE``), never the train split (validation would read the same records); label ids
+  come from the train split file beside it, else from its own labels (logged).
 
 Labels are the train split's, sorted (numerically when all are integers); a
 val/test record with another label is an error. A malformed record raises an
@@ -18,6 +21,7 @@ error naming the file and line. With a subword tokenizer each document is
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from .errors import DataFormatError
 from .tokenize import Subword, load_tokenizer
 
 Record = tuple[tuple[Path, int | None], tuple[str, str]]  # ((file, line), (label, text))
+log = logging.getLogger("ernie_sparse.data")
 
 
 def tsv_records(path: Path) -> Iterator[Record]:
@@ -114,8 +119,12 @@ def split_records(root: Path, split: str, seed: int = 0) -> Iterator[Record]:
 
 def label_names(root: Path, seed: int = 0) -> list[str]:
     names = {label for _, (label, _) in split_records(root, "train", seed)}
+    return _sorted_labels(root, names, what="the train split")
+
+
+def _sorted_labels(source: Path, names: set[str], what: str = "it") -> list[str]:
     if len(names) < 2:
-        raise ValueError(f"{root}: the train split has {len(names)} label(s), need 2 or more")
+        raise ValueError(f"{source}: {what} has {len(names)} label(s), need 2 or more")
     numeric = all(name.lstrip("-").isdigit() for name in names)
     return sorted(names, key=int) if numeric else sorted(names)
 
@@ -132,12 +141,15 @@ def read_classification(
     root = Path(root)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, not {split!r}")
-    labels = label_names(root, seed)
+    if root.is_file():
+        labels, records = _single_file(root, split, seed)
+    else:
+        labels, records = label_names(root, seed), split_records(root, split, seed)
     index = {name: i for i, name in enumerate(labels)}
     encode, vocab_size = _encoder(tokenizer)
     info = TaskInfo("classification", vocab_size, len(labels), max_length)
     dataset = TokenDataset(info, label_names=tuple(labels))
-    for where, (label, text) in split_records(root, split, seed):
+    for where, (label, text) in records:
         if label not in index:
             raise DataFormatError(
                 *where, f"label {label!r} is not a train label ({', '.join(labels)})"
@@ -146,6 +158,33 @@ def read_classification(
     if not dataset.examples:
         raise ValueError(f"{root}: the {split} split is empty")
     return dataset.finish(f"{root} [{split}]")
+
+
+def _single_file(path: Path, split: str, seed: int) -> tuple[list[str], Iterator[Record]]:
+    """A TSV/JSONL file given as the data: one split to evaluate, never the train split.
+    Label ids come from the train split beside it (``train.tsv`` / ``train.jsonl`` in the
+    same folder) when there is one, else from the file's own labels (logged)."""
+    if split == "train":
+        raise ValueError(
+            f"{path}: one file cannot be the training split (validation would read the "
+            "same records); give the folder holding train and val (or test) split files. "
+            "A single file can be evaluated: ernie-sparse evaluate RUN --data FILE"
+        )
+    readers = {".tsv": tsv_records, ".jsonl": jsonl_records}
+    if path.suffix not in readers:
+        raise ValueError(f"{path}: expected a .tsv or .jsonl file of label/text records")
+    if any((path.parent / f"train{suffix}").is_file() for suffix in readers):
+        labels = label_names(path.parent, seed)
+    else:
+        labels = _sorted_labels(path, {label for _, (label, _) in readers[path.suffix](path)})
+        log.warning(
+            "%s: no train split beside it: label ids are this file's own labels in order "
+            "(%s); they match the model only if it was trained on exactly these labels",
+            path,
+            ", ".join(labels),
+        )
+    log.info("%s: a single file, read as the %s split", path, split)
+    return labels, readers[path.suffix](path)
 
 
 def _encoder(tokenizer: str) -> tuple[Callable[[str], list[int]], int]:

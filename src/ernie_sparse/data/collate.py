@@ -6,6 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models.heads import FIRST_SEQUENCE, SECOND_SEQUENCE, SequenceInputs
+
+# The sequences of single-document and two-document (retrieval) examples: a batch
+# gets those its examples have.
+SEQUENCES = SequenceInputs(sequences=(FIRST_SEQUENCE, SECOND_SEQUENCE))
+
 
 def pad_sequences(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D id tensors -> ids [B, n_max] (0-padded) and attention mask [B, n_max]."""
@@ -19,13 +25,16 @@ def pad_sequences(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def pad_collate(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Examples {input_ids, labels[, input_ids_2]} -> a model batch with masks."""
+def pad_collate(
+    examples: Sequence[dict], inputs: SequenceInputs = SEQUENCES
+) -> dict[str, torch.Tensor]:
+    """Examples {input_ids, labels[, input_ids_2]} -> a model batch with masks: each
+    sequence the head declares (``inputs``, see models.heads) that the examples hold is
+    padded, with its mask under the declared name."""
     batch: dict[str, torch.Tensor] = {}
-    for suffix in ("", "_2"):
-        key = f"input_ids{suffix}"
-        if key in examples[0]:
-            ids, mask = pad_sequences([example[key] for example in examples])
-            batch[key], batch[f"attention_mask{suffix}"] = ids, mask
+    for sequence in inputs.sequences:
+        if sequence.ids in examples[0]:
+            ids, mask = pad_sequences([example[sequence.ids] for example in examples])
+            batch[sequence.ids], batch[sequence.mask] = ids, mask
     batch["labels"] = torch.tensor([example["labels"] for example in examples])
     return batch

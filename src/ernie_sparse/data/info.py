@@ -23,11 +23,14 @@ Loader = Callable[[], TokenDataset]
 
 def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
     """(kind, split name -> loader) for the data at ``path``."""
-    from . import documents, images, listops, lra, pathfinder, probes
+    from . import classification, documents, images, listops, lra, pathfinder, probes
+    from .lra import TEXT_FILES
 
     if path.is_file():
         if path.name.startswith("new_aan_pairs"):
             return "retrieval", {path.name: lambda: lra.read_retrieval(path, skip_bad=skip_bad)}
+        if path.suffix == ".tsv" and _first_line(path) == listops.HEADER:
+            return "listops", {path.name: lambda: listops.read_listops(path, skip_bad=skip_bad)}
         if path.suffix in (".tsv", ".jsonl"):
             return "text", {path.name: lambda: lra.read_text(path, skip_bad=skip_bad)}
         raise ValueError(f"{path}: not a data file this tool reads (.tsv, .jsonl)")
@@ -43,7 +46,9 @@ def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
         return "listops", {
             s: (lambda s=s: listops.read_listops_dir(path, s, skip_bad=skip_bad)) for s in names
         }
-    pathfinder_dirs = sorted(path.glob("curv_contour_length_*"))
+    folders = [*pathfinder.FOLDERS.values(), *pathfinder.OLD_FOLDERS.values()]
+    pathfinder_dirs = [path / name for name in folders]
+    pathfinder_dirs = [folder for folder in pathfinder_dirs if folder.is_dir()]
     if pathfinder_dirs or (path / "metadata").is_dir():
         return "pathfinder", _pathfinder_splits(path, pathfinder_dirs, skip_bad, pathfinder)
     if (path / "train" / "pos").is_dir():
@@ -52,13 +57,20 @@ def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
             for s in ("train", "test")
             if (path / s / "pos").is_dir()
         }
+    split_files = [f"{s}{suffix}" for s in ("train", "val", "test") for suffix in TEXT_FILES]
+    if any((path / name).is_file() for name in split_files[:2]):
+        return "split files (text / classification)", {
+            s: (lambda s=s: classification.read_classification(path, split=s))
+            for s in ("train", "val", "test")
+            if any((path / f"{s}{suffix}").is_file() for suffix in TEXT_FILES)
+        }
     aan = sorted(path.glob("new_aan_pairs.*.tsv"))
     if aan:
         return "retrieval", {
             f.name.split(".")[1]: (lambda f=f: lra.read_retrieval(f, skip_bad=skip_bad))
             for f in aan
         }
-    if (path / "data_batch_1").is_file():
+    if images.is_cifar10(path):
         return "image (CIFAR-10)", {
             s: (lambda s=s: lra.read_cifar10(path, split=s)) for s in ("train", "val", "test")
         }
@@ -73,10 +85,16 @@ def find_splits(path: Path, *, skip_bad: bool) -> tuple[str, dict[str, Loader]]:
     }
 
 
+def _first_line(path: Path) -> str:
+    with path.open("rb") as handle:
+        return handle.readline().rstrip(b"\r\n").decode("utf-8", errors="replace")
+
+
 def _pathfinder_splits(path, difficulty_dirs, skip_bad, pathfinder) -> dict[str, Loader]:
     if not difficulty_dirs:
         return {path.name: lambda: pathfinder.read_pathfinder(path, skip_bad=skip_bad)}
-    names = {f"curv_contour_length_{n}": d for d, n in pathfinder.DIFFICULTIES.items()}
+    names = {folder: difficulty for difficulty, folder in pathfinder.FOLDERS.items()}
+    names.update({folder: difficulty for difficulty, folder in pathfinder.OLD_FOLDERS.items()})
     return {
         folder.name: (
             lambda folder=folder: pathfinder.read_pathfinder(

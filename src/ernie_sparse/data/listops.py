@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import time
 from collections import Counter, deque
@@ -26,6 +27,7 @@ import numpy as np
 from .base import TaskInfo, TokenDataset
 from .errors import BadRecords, DataFormatError
 
+log = logging.getLogger("ernie_sparse.data")
 TASK = "listops"
 NUM_LABELS = 10
 MAX_LENGTH = 2000  # LRA's input length for ListOps
@@ -407,6 +409,8 @@ def read_listops(
                 dataset.bad.report(path, number, parsed)
             else:
                 dataset.add(parsed[1], parsed[0])
+    if not dataset.examples and not dataset.bad.count:
+        raise DataFormatError(path, None, "no examples: the file holds only its header")
     return dataset.finish(str(path))
 
 
@@ -447,9 +451,22 @@ def _parse_row(raw: bytes) -> tuple[list[int], int] | str:
 def read_listops_dir(
     root: str | Path, split: str, *, max_length: int = MAX_LENGTH, skip_bad: bool = False
 ) -> TokenDataset:
-    """``root/basic_{split}.tsv`` for split train, val or test (LRA's file names)."""
+    """``root/basic_{split}.tsv`` for split train, val or test (LRA's file names).
+
+    A file given as ``root`` is itself the split: a validation or test file to evaluate
+    (``ernie-sparse evaluate RUN --data heldout.tsv``). It is refused as the train split,
+    since validation would then read the very rows the model trains on."""
     if split not in SPLITS:
         raise ValueError(f"ListOps split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if Path(root).is_file():
+        if split == "train":
+            raise ValueError(
+                f"{root}: one file cannot be the training split (validation would read the "
+                "same rows); give the folder holding basic_train.tsv and basic_val.tsv. A "
+                "single file can be evaluated: ernie-sparse evaluate RUN --data FILE"
+            )
+        log.info("%s: a single file, read as the %s split", root, split)
+        return read_listops(root, max_length=max_length, skip_bad=skip_bad)
     path = Path(root) / f"basic_{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(

@@ -46,7 +46,15 @@ from ..safety import OutsideFolderError, inside
 from .base import TaskInfo, TokenDataset
 from .errors import BadRecords
 
-DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}
+DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}  # contour length (paddles per snake)
+# The release's folder names (pathfinder32/curv_baseline, ...); easy is not named by length.
+FOLDERS = {
+    "easy": "curv_baseline",
+    "intermediate": "curv_contour_length_9",
+    "hard": "curv_contour_length_14",
+}
+OLD_FOLDERS = {"easy": "curv_contour_length_6"}  # what ernie-sparse wrote before the fix
+NUMPY_MAGIC = b"\x93NUMPY"
 IMAGE_SIZE = 32
 # Pixels are tokens 0-255 as in LRA's image tasks. Token 0 (black) is also the padding id, which
 # is harmless here: every Pathfinder example is exactly 1024 tokens, so batches never hold
@@ -58,10 +66,11 @@ SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 def difficulty_dir(difficulty: str) -> str:
-    """LRA's folder name for a difficulty, e.g. ``hard`` -> ``curv_contour_length_14``."""
+    """The release's folder for a difficulty: ``easy`` -> ``curv_baseline``,
+    ``intermediate`` -> ``curv_contour_length_9``, ``hard`` -> ``curv_contour_length_14``."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
-    return f"curv_contour_length_{DIFFICULTIES[difficulty]}"
+    return FOLDERS[difficulty]
 
 
 @dataclass(frozen=True)
@@ -553,13 +562,18 @@ def _run_chunks(
 
 
 def _write_metadata(folder: Path, rows: list[list[str]], batch_size: int) -> None:
-    """One ``metadata/<batch>.npy`` per image folder, rows in index order."""
+    """One ``metadata/<batch>.npy`` per image folder, rows in index order, in the release's
+    form: text despite the name, one space-separated line per image (public readers of the
+    release parse it so)."""
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
     by_batch: dict[int, list[list[str]]] = {}
     for row in sorted(rows, key=lambda row: int(row[2])):
         by_batch.setdefault(int(row[2]) // batch_size, []).append(row)
     for batch, batch_rows in by_batch.items():
-        np.save(folder / "metadata" / f"{batch}.npy", np.array(batch_rows, dtype=str))
+        path = folder / "metadata" / f"{batch}.npy"
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(" ".join(row) + "\n" for row in batch_rows))
+        temporary.replace(path)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -582,6 +596,13 @@ def _find_folder(root: Path, difficulty: str) -> Path:
     for folder in (root / difficulty_dir(difficulty), root):
         if (folder / "metadata").is_dir():
             return folder
+    old = OLD_FOLDERS.get(difficulty)
+    if old and (root / old / "metadata").is_dir():
+        raise FileNotFoundError(
+            f"{root / old}: the release names the {difficulty} set {difficulty_dir(difficulty)} "
+            f"(older ernie-sparse wrote {old}); rename the folder to "
+            f"{root / difficulty_dir(difficulty)}"
+        )
     raise FileNotFoundError(
         f"no Pathfinder metadata under {root / difficulty_dir(difficulty) / 'metadata'} "
         f"or {root / 'metadata'}"
@@ -601,19 +622,47 @@ def _metadata_files(folder: Path) -> list[Path]:
     )
 
 
-def _metadata_rows(folder: Path, bad: BadRecords) -> list[tuple[Path, int, np.ndarray]]:
-    """Every (metadata file, row number, row); a file that is not a string table is bad."""
-    records = []
+Record = tuple[Path, str, list[str]]  # (metadata file, "row i" / "line n", fields)
+
+
+def _metadata_rows(folder: Path, bad: BadRecords) -> list[Record]:
+    """Every (metadata file, where, fields) of the release's metadata files, in either
+    form: text lines of space-separated fields (the release) or a numpy array of strings
+    (loaded without pickle). A file or row that is neither is bad."""
+    records: list[Record] = []
     for path in _metadata_files(folder):
-        try:
-            table = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            bad.report(path, None, f"cannot read metadata: {error}")
-            continue
-        if table.ndim != 2 or table.shape[1] < 4:
-            bad.report(path, None, f"metadata must be rows of >= 4 columns, got {table.shape}")
-            continue
-        records.extend((path, row_number, row) for row_number, row in enumerate(table))
+        with path.open("rb") as handle:
+            is_numpy = handle.read(len(NUMPY_MAGIC)) == NUMPY_MAGIC
+        reader = _numpy_metadata if is_numpy else _text_metadata
+        records.extend(reader(path, bad))
+    return records
+
+
+def _numpy_metadata(path: Path, bad: BadRecords) -> list[Record]:
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        bad.report(path, None, f"cannot read metadata: {error}")
+        return []
+    if table.ndim != 2 or table.shape[1] < 4:
+        bad.report(path, None, f"metadata must be rows of >= 4 columns, got {table.shape}")
+        return []
+    return [(path, f"row {number}", [str(field) for field in row]) for number, row in
+            enumerate(table)]  # fmt: skip
+
+
+def _text_metadata(path: Path, bad: BadRecords) -> list[Record]:
+    """The release's form: ``subdir file idx label ...`` per line (blank lines skipped)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad.report(path, None, f"metadata is neither a numpy array nor UTF-8 text ({error})")
+        return []
+    records: list[Record] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if fields:  # a short line is reported when read, so the split never moves
+            records.append((path, f"line {number}", fields))
     return records
 
 
@@ -651,7 +700,8 @@ def read_pathfinder(
     split_seed: int = 0,
     limit: int | None = None,
 ) -> TokenDataset:
-    """Read LRA's Pathfinder-32 layout: every ``metadata/*.npy`` row names a PNG and a label.
+    """Read LRA's Pathfinder-32 layout: every ``metadata/*.npy`` row names a PNG and a label
+    (the release's text lines or a numpy array of the same rows; ``_metadata_rows``).
 
     Tokens are the pixels (0-255) row-major, 1024 per image. ``split`` keeps one part of
     ``split_indices`` over all metadata rows (in file order), so the split does not move when
@@ -672,28 +722,45 @@ def read_pathfinder(
         chosen = chosen[:limit]
     for position in chosen:
         _read_record(folder, *records[position], dataset)
-    return dataset.finish(str(folder))
+    source = str(folder) if split is None else f"{folder} [{split}]"
+    return dataset.finish(source, empty=False)
 
 
 def _read_record(
-    folder: Path, metadata: Path, row_number: int, row: np.ndarray, dataset: TokenDataset
+    folder: Path, metadata: Path, where: str, row: Sequence[str], dataset: TokenDataset
 ) -> None:
+    if len(row) < 4:
+        problem = f"expected >= 4 fields (subdir file idx label ...), got {len(row)}"
+        dataset.bad.report(metadata, where, problem)
+        return
     text = str(row[3])
     label = _parse_label(text)
     if label is None:
-        dataset.bad.report(metadata, f"row {row_number}", f"label {text!r} is not 0 or 1")
+        dataset.bad.report(metadata, where, f"label {text!r} is not 0 or 1")
         return
-    name = str(Path(str(row[0])) / str(row[1]))  # an absolute file name stays absolute
     try:
-        image_path = inside(folder, name)  # never read an image outside the release folder
+        image_path = _image_path(folder, str(row[0]), str(row[1]))
     except OutsideFolderError as error:
-        dataset.bad.report(metadata, f"row {row_number}", f"image path {error}")
+        dataset.bad.report(metadata, where, f"image path {error}")
         return
     tokens, problem = _load_tokens(image_path, IMAGE_SIZE)
     if tokens is None:
-        dataset.bad.report(metadata, f"row {row_number}", problem)
+        dataset.bad.report(metadata, where, problem)
         return
     dataset.add(label, tokens)
+
+
+def _image_path(folder: Path, subdir: str, file: str) -> Path:
+    """``folder/subdir/file`` (the release's subdir is ``imgs/<batch>``), or, for a subdir
+    written without it, ``folder/imgs/subdir/file`` when only that exists. Never outside
+    ``folder``: an absolute name, a ``..`` or a symlink out is ``OutsideFolderError``."""
+    name = str(Path(subdir) / file)  # an absolute file name stays absolute
+    path = inside(folder, name)  # never read an image outside the release folder
+    if not path.is_file() and Path(subdir).parts[:1] != ("imgs",):
+        under_imgs = inside(folder, str(Path("imgs") / name))
+        if under_imgs.is_file():
+            return under_imgs
+    return path
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -20,7 +20,6 @@ test = [95%, 100%) of the bytes.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import TaskInfo
-from .images import FASHION_MNIST_DIR, IMAGES_MAGIC, read_idx
-from .safe_pickle import load_data_pickle
+from .images import FASHION_MNIST_DIR, check_split, read_cifar_split, read_fashion_mnist_images
 
 PIXEL_LEVELS = 256  # 8-bit pixel values
 START_TOKEN = PIXEL_LEVELS  # the input before the first pixel
 IMAGE_LM_VOCAB_SIZE = PIXEL_LEVELS + 1
 BYTE_VOCAB_SIZE = 256
-SPLITS = ("train", "val", "test")
 TEXT_SPLITS = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
 
 
@@ -86,24 +83,14 @@ def read_fashion_mnist_pixels(
     root: str | Path = FASHION_MNIST_DIR, *, split: str = "train"
 ) -> PixelLMDataset:
     """Fashion-MNIST 28x28 images as 784-pixel sequences (no padding)."""
-    root = Path(root)
-    _check_split(split)
-    prefix = "t10k" if split == "test" else "train"
-    images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"), IMAGES_MAGIC)
-    if images.ndim != 3:
-        raise ValueError(f"{root}: images must be [N, rows, cols], got {images.shape}")
-    images = _train_val(images, split)
+    images = read_fashion_mnist_images(root, split)  # [N, rows, cols]
     return PixelLMDataset(np.ascontiguousarray(images.reshape(len(images), -1)))
 
 
 def read_cifar10_pixels(root: str | Path, *, split: str = "train") -> PixelLMDataset:
     """CIFAR-10 python batches as 3072-token sequences (channels interleaved per pixel)."""
-    root = Path(root)
-    _check_split(split)
-    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
-    planes = np.concatenate([_cifar_rgb(root / name) for name in names])  # [N, 3072]
-    images = planes.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, row, col, channel]
-    images = _train_val(images, split)
+    planes, _ = read_cifar_split(root, split)  # [N, channel, row, col]
+    images = planes.transpose(0, 2, 3, 1)  # [N, row, col, channel]
     return PixelLMDataset(np.ascontiguousarray(images.reshape(len(images), -1)))
 
 
@@ -111,7 +98,7 @@ def read_text_bytes(root: str | Path, *, split: str, chunk_length: int) -> ByteL
     """Every non-hidden file under ``root`` (or the file ``root``), in path order, as
     one byte stream; ``split`` takes its contiguous share (see the module docstring)."""
     root = Path(root)
-    _check_split(split)
+    check_split(split)
     if root.is_file():
         files = [root]
     elif root.is_dir():
@@ -131,43 +118,3 @@ def read_text_bytes(root: str | Path, *, split: str, chunk_length: int) -> ByteL
             f"{len(part)} bytes; it needs at least 2 (add text)"
         )
     return ByteLMDataset(part, chunk_length=chunk_length)
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be train, val or test, not {split!r}")
-
-
-def _part(split: str, images: np.ndarray) -> slice:
-    """Rows of the training set that make up ``split`` (all rows of the test set)."""
-    if split == "test":
-        return slice(None)
-    cut = int(len(images) * 0.9)
-    return slice(None, cut) if split == "train" else slice(cut, None)
-
-
-def _train_val(images: np.ndarray, split: str) -> np.ndarray:
-    return images[_part(split, images)]
-
-
-def _find_idx(root: Path, stem: str) -> Path:
-    for name in (f"{stem}.gz", stem):
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(
-        f"{root / stem}[.gz]: missing (install the Debian package dataset-fashion-mnist)"
-    )
-
-
-def _cifar_rgb(path: Path) -> np.ndarray:
-    """[N, 3072] uint8 rows (R plane, G plane, B plane) of one CIFAR-10 python batch."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing CIFAR-10 batch (python version)")
-    try:
-        batch = load_data_pickle(path)  # restricted: refuses anything but data, never runs it
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-    except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as error:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({error!r})") from None
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: data must be [N, 3072], got {data.shape}")
-    return data

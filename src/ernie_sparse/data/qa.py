@@ -283,3 +283,20 @@ def _log_counts(path: Path, unanswerable: int, overflow: int, total: int) -> Non
             overflow,
             total,
         )
+
+
+def qa_split_file(root: Path, split: str) -> Path:
+    """``<split>.json``; validation may also be called ``dev.json`` (TriviaQA, WikiHop). A
+    file given as ``root`` is itself the split (val or test: ``evaluate --data FILE``)."""
+    if root.is_file():
+        if split == "train":
+            raise ValueError(
+                f"{root}: one file cannot be the training split (validation would read the "
+                "same questions); give the folder holding train.json and dev.json"
+            )
+        return root
+    names = [f"{split}.json"] + (["dev.json"] if split in ("val", "test") else [])
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"{root}: no {' or '.join(names)}")

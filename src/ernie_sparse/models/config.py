@@ -17,10 +17,15 @@ from typing import Any, Literal
 
 import yaml
 
-from ..attention.combiner import COMBINER_VARIANTS
+from ..attention.combiner import (
+    COMBINER_VARIANTS,
+    VARIANTS,
+    OptionNames,
+    ceil_sqrt,
+    check_variant_options,
+)
 from ..attention.dispatch import BACKENDS
-from ..patterns.blockbert import parse_head_split
-from ..patterns.registry import PATTERNS, pattern_parameters
+from ..patterns.registry import PATTERNS, full_patterns, pattern_constraints, pattern_parameters
 
 POOLINGS = ("mean", "max", "cls")
 HST_DISTRIBUTE = ("representative", "block")
@@ -30,6 +35,9 @@ SAOR_MODES = ("roll", "dropout")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 LAYER_NORMS = ("post", "pre")
 ATTENTIONS = ("sparse", "combiner")
+COMBINER_FIELDS = OptionNames(
+    "combiner_variant", "combiner_span", "combiner_clusters", "num_heads", assign="="
+)
 
 
 @dataclass
@@ -155,13 +163,13 @@ class ModelConfig:
                 f"num_global={self.num_global} global tokens do not fit in "
                 f"max_positions={self.max_positions}"
             )
-        if self.pattern == "blockbert":
-            heads = sum(parse_head_split(str(self.pattern_params.get("head_split", ""))))
-            if heads != self.num_heads:
-                raise ValueError(
-                    f"blockbert head_split {self.pattern_params.get('head_split')!r} covers "
-                    f"{heads} heads but num_heads={self.num_heads}"
-                )
+        needs = pattern_constraints(self.pattern, self.pattern_params)
+        if needs.num_heads is not None and needs.num_heads != self.num_heads:
+            raise ValueError(
+                f"pattern {self.pattern!r}: pattern_params.{needs.field}="
+                f"{self.pattern_params.get(needs.field)!r} covers {needs.num_heads} heads but "
+                f"num_heads={self.num_heads}"
+            )
 
     def _check_attention(self) -> None:
         _check_choice("attention", self.attention, ATTENTIONS)
@@ -177,9 +185,9 @@ class ModelConfig:
     def _check_combiner(self) -> None:
         variant = self.combiner_variant
         _check_choice("combiner_variant", variant, COMBINER_VARIANTS)
-        if self.pattern != "dense" or self.pattern_params:
+        if self.pattern not in full_patterns() or self.pattern_params:
             raise ValueError(
-                "attention='combiner' replaces the block pattern: leave pattern='dense' "
+                f"attention='combiner' replaces the block pattern: leave {_full_patterns()} "
                 f"with no pattern_params (got pattern={self.pattern!r})"
             )
         if self.num_global:
@@ -187,25 +195,14 @@ class ModelConfig:
                 f"num_global={self.num_global} needs attention='sparse' "
                 "(Combiner has no global tokens)"
             )
-        span = self.combiner_span
-        if variant == "logsparse" and span & (span - 1):
-            raise ValueError(
-                f"combiner_span={span} must be a power of two for logsparse (its direct block)"
-            )
-        if self.combiner_clusters and variant != "learnable":
-            raise ValueError(
-                f"combiner_clusters applies only to combiner_variant='learnable', not {variant!r}"
-            )
-        if variant == "learnable" and self.causal:
-            raise ValueError(
-                "combiner_variant='learnable' cannot be causal (causal=True): k-means clusters "
-                "mix past and future tokens"
-            )
-        if variant == "mixture" and self.num_heads < 2:
-            raise ValueError(
-                f"combiner_variant='mixture' splits heads between fixed and logsparse; "
-                f"needs num_heads >= 2, got {self.num_heads}"
-            )
+        check_variant_options(
+            VARIANTS[variant],
+            span=self.combiner_span,
+            clusters=bool(self.combiner_clusters),
+            causal=self.causal,
+            heads=self.num_heads,
+            names=COMBINER_FIELDS,
+        )
 
     def _check_causal(self) -> None:
         """What a decoder cannot have: anything that lets a token see later tokens."""
@@ -224,9 +221,9 @@ class ModelConfig:
                 "causal=True cannot use SAOR's roll (saor.mode='roll' with saor.alpha > 0): "
                 "it moves later tokens first; use saor.alpha=0 or saor.mode=dropout"
             )
-        if self.attention == "sparse" and self.pattern != "dense":
+        if self.attention == "sparse" and self.pattern not in full_patterns():
             raise ValueError(
-                f"causal=True with attention='sparse' needs pattern='dense' (got "
+                f"causal=True with attention='sparse' needs {_full_patterns()} (got "
                 f"pattern={self.pattern!r}: block layouts are bidirectional inside a block); "
                 "for a sparse decoder use attention='combiner'"
             )
@@ -235,27 +232,28 @@ class ModelConfig:
     def combiner_partition(self) -> int | None:
         """The span passed to Combiner: fixed per model, never the kernel's default of
         ceil(sqrt(N)) for the batch length N, so padding a batch moves no boundary.
-        Logsparse's default direct block (1) does not depend on N: None keeps it."""
+        A variant whose default span does not depend on N (logsparse's direct block of 1)
+        gets None, which keeps it."""
         if self.combiner_span:
             return self.combiner_span
-        if self.combiner_variant == "logsparse":
+        variant = VARIANTS.get(self.combiner_variant)
+        if variant is not None and variant.default_span is not None:
             return None
-        return math.isqrt(self.max_positions - 1) + 1
+        return ceil_sqrt(self.max_positions)
 
     @property
     def combiner_cluster_count(self) -> int | None:
-        """k-means clusters of "learnable" (None for other variants); like the span, fixed
+        """k-means clusters of a routed variant ("learnable"; None for others); like the span, fixed
         per model rather than the kernel's ceil(sqrt(N)) of the batch length."""
-        if self.combiner_variant != "learnable":
+        variant = VARIANTS.get(self.combiner_variant)
+        if variant is None or not variant.takes_clusters:
             return None
-        return self.combiner_clusters or math.isqrt(self.max_positions - 1) + 1
+        return self.combiner_clusters or ceil_sqrt(self.max_positions)
 
     @property
     def block_multiple(self) -> int:
         """The pattern's block count must be a multiple of this (BlockBERT's parts)."""
-        if self.pattern == "blockbert":
-            return len(parse_head_split(str(self.pattern_params["head_split"])))
-        return 1
+        return pattern_constraints(self.pattern, self.pattern_params).block_multiple
 
     @property
     def tokens_per_block(self) -> int:
@@ -327,6 +325,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, expected):
         raise TypeError(f"{name} must be {expected.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _full_patterns() -> str:
+    """The patterns attention without a layout stands in for, as a config would spell them."""
+    return " or ".join(f"pattern={name!r}" for name in full_patterns())
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -1,18 +1,22 @@
 """Task models: an encoder plus a head; each returns logits, and a loss given labels.
 
-Every model's loss is the plain NLL of its logits against ``labels`` (rows with
-label -100 left out), so SAOR (``ernie_sparse.objectives.saor_forward``) can run
-any of them twice. Two class attributes tell SAOR how:
+Every model's loss is :func:`nll_loss` of its logits against ``labels`` (rows with
+label -100 left out): the one definition of the loss, used by training (SAOR's
+``saor_terms``) and by evaluation alike.
 
-- ``SEQUENCE_INPUTS``: groups of batch keys ``(ids, mask, *same-shaped)`` whose
-  local tokens the second pass rolls together.
-- ``LOGITS_SEQUENCE_DIM``: the logits dimension that follows the input tokens
-  (rolled back before comparing the passes), or None for per-sequence logits.
+Each head declares its batch in ``SEQUENCE_INPUTS`` (a :class:`SequenceInputs`):
+which keys hold token sequences (ids, padding mask and inputs shaped like the
+ids), their layout ([B, n], or [B, C, n] for multiple choice), what ``labels``
+index (one per example, one per token, or token positions such as a span's start
+and end), and which logits dimension follows the tokens. Everything that moves or
+batches tokens reads it: SAOR's roll (``objectives``), the word-order-shift attack
+(``analysis``) and padding (``data.collate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,89 @@ from .config import ModelConfig
 from .encoder import Encoder, EncoderOutput, as_bool_mask
 
 IGNORE_INDEX = -100
-TOKEN_INPUTS = (("input_ids", "attention_mask", "token_type_ids"),)
+LabelKind = Literal["example", "token", "position"]
+LABEL_KINDS = ("example", "token", "position")
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    """One token sequence of a batch: its ids, its padding mask (True = real token, a
+    prefix of each row) and the other inputs shaped like the ids."""
+
+    ids: str = "input_ids"
+    mask: str = "attention_mask"
+    per_token: tuple[str, ...] = ("token_type_ids",)
+
+    @property
+    def token_keys(self) -> tuple[str, ...]:
+        """The keys whose entries follow the tokens (the ids first)."""
+        return (self.ids, *self.per_token)
+
+
+FIRST_SEQUENCE = TokenSequence()
+SECOND_SEQUENCE = TokenSequence("input_ids_2", "attention_mask_2", ("token_type_ids_2",))
+
+
+@dataclass(frozen=True)
+class SequenceInputs:
+    """A head's declaration of its batch, read by everything that moves or pads tokens.
+
+    - ``sequences``: the token sequences (a two-tower model has two).
+    - ``batch_dims``: the axes before the token axis: 1 for ids [B, n], 2 for
+      [B, C, n] (multiple choice: C sequences per example). Tokens are always the
+      last axis.
+    - ``labels``: what ``labels`` holds. ``example``: one label per example (a class,
+      a choice), never moved. ``token``: one per token of the first sequence, shaped
+      like its ids (masked LM), moved with the tokens. ``position``: token indices into
+      the first sequence, [B, k] (span QA's start and end; negative = none), remapped
+      to where their tokens go.
+    - ``logits_token_dim``: the logits dimension that follows the input tokens, or
+      None for per-example logits.
+    """
+
+    sequences: tuple[TokenSequence, ...] = (FIRST_SEQUENCE,)
+    batch_dims: int = 1
+    labels: LabelKind = "example"
+    logits_token_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sequences:
+            raise ValueError("SequenceInputs needs at least one token sequence")
+        if self.batch_dims not in (1, 2):
+            raise ValueError(
+                f"batch_dims must be 1 ([B, n]) or 2 ([B, C, n]), got {self.batch_dims}"
+            )
+        if self.labels not in LABEL_KINDS:
+            raise ValueError(f"labels must be one of {', '.join(LABEL_KINDS)}, got {self.labels!r}")
+        if self.labels == "position" and self.batch_dims != 1:
+            raise ValueError("position labels index [B, n] sequences (batch_dims=1)")
+
+    @property
+    def layout(self) -> str:
+        """The ids' shape in words: [B, n] or [B, C, n]."""
+        return "[B, n]" if self.batch_dims == 1 else "[B, C, n]"
+
+    @property
+    def first(self) -> TokenSequence:
+        """The sequence that token and position labels refer to."""
+        return self.sequences[0]
+
+
+PER_EXAMPLE = SequenceInputs()  # [B, n] ids, one label per example (classification)
+PER_TOKEN = SequenceInputs(labels="token", logits_token_dim=1)  # masked / causal LM
+TOKEN_INPUTS = PER_TOKEN  # the name models.causal uses (its labels are per token)
+
+
+def sequence_inputs(model: nn.Module) -> SequenceInputs:
+    """The declaration of ``model`` (or of the module a DistributedDataParallel wraps)."""
+    spec = getattr(model, "module", model)
+    inputs = getattr(spec, "SEQUENCE_INPUTS", None)
+    if not isinstance(inputs, SequenceInputs):
+        raise TypeError(
+            f"{type(spec).__name__}.SEQUENCE_INPUTS must be a models.heads.SequenceInputs "
+            f"(the declaration of its token inputs and labels), got {inputs!r}"
+        )
+    return inputs
 
 
 @dataclass
@@ -32,8 +118,20 @@ class TaskOutput:
     encoder: EncoderOutput | None = None  # the encoder's states (the first tower's for matching)
 
 
-def nll_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """Cross-entropy over the last logits dimension; label -100 rows are skipped."""
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (bf16, fp16) as float32 for the loss; others as they are
+    (float64 stays float64)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def nll_loss(
+    logits: torch.Tensor, labels: torch.Tensor | None, *, reduction: str = "mean"
+) -> torch.Tensor | None:
+    """Cross-entropy over the last logits dimension; label -100 rows are skipped.
+
+    The one loss of every head, in training and evaluation. ``reduction="mean"``: mean
+    over the labelled rows; ``"sum"``: their sum (for token-weighted averages).
+    """
     if labels is None:
         return None
     if logits.shape[:-1] != labels.shape:
@@ -46,9 +144,10 @@ def nll_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor 
     if not bool(valid.all()):
         bad = labels[~valid][0]
         raise ValueError(f"label {int(bad)} is outside [0, {classes}) (use -100 to ignore a row)")
-    return F.cross_entropy(
-        logits.reshape(-1, classes).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+    chosen = labels != IGNORE_INDEX  # the labelled rows
+    return F.cross_entropy(upcast(logits[chosen]), labels[chosen], reduction=reduction)
 
 
 class ClassifierHead(nn.Module):
@@ -71,8 +170,7 @@ class ClassifierHead(nn.Module):
 class SequenceClassifier(nn.Module):
     """Pooled encoder state -> classes (LRA ListOps/Text/Image/Pathfinder, documents)."""
 
-    SEQUENCE_INPUTS = TOKEN_INPUTS
-    LOGITS_SEQUENCE_DIM = None
+    SEQUENCE_INPUTS = PER_EXAMPLE
 
     def __init__(self, config: ModelConfig, num_labels: int) -> None:
         super().__init__()
@@ -96,11 +194,7 @@ class TwoTowerMatcher(nn.Module):
     """LRA Retrieval: one shared encoder on both documents, a classifier over
     [u, v, u * v, u - v] of their pooled states."""
 
-    SEQUENCE_INPUTS = (
-        ("input_ids", "attention_mask", "token_type_ids"),
-        ("input_ids_2", "attention_mask_2", "token_type_ids_2"),
-    )
-    LOGITS_SEQUENCE_DIM = None
+    SEQUENCE_INPUTS = SequenceInputs(sequences=(FIRST_SEQUENCE, SECOND_SEQUENCE))
 
     def __init__(self, config: ModelConfig, num_labels: int = 2) -> None:
         super().__init__()
@@ -145,8 +239,7 @@ def _stack_padded(
 class MaskedLM(nn.Module):
     """Masked language model; the output projection is tied to the word embeddings."""
 
-    SEQUENCE_INPUTS = TOKEN_INPUTS
-    LOGITS_SEQUENCE_DIM = 1
+    SEQUENCE_INPUTS = PER_TOKEN
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -178,8 +271,7 @@ class SpanQA(nn.Module):
     Padding positions get the lowest logit, so they are never predicted.
     """
 
-    SEQUENCE_INPUTS = TOKEN_INPUTS
-    LOGITS_SEQUENCE_DIM = 2
+    SEQUENCE_INPUTS = SequenceInputs(labels="position", logits_token_dim=2)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -206,8 +298,7 @@ class SpanQA(nn.Module):
 class MultipleChoice(nn.Module):
     """Inputs [B, choices, n]; one score per choice from its pooled state (WikiHop)."""
 
-    SEQUENCE_INPUTS = TOKEN_INPUTS
-    LOGITS_SEQUENCE_DIM = None
+    SEQUENCE_INPUTS = SequenceInputs(batch_dims=2)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -37,6 +37,11 @@ Hugging Face conventions (so ``Trainer`` and ``pipeline`` work):
 - ``gradient_checkpointing_enable()`` / ``activation_checkpointing_enable()`` set
   ``Encoder.gradient_checkpointing`` (each sparse layer recomputed in backward,
   always non-reentrant; ``every_n_layers`` and checkpoint kwargs are not used).
+
+Pipelines: ``fill-mask``, ``text-classification`` and ``feature-extraction`` are
+transformers' own; transformers 5 dropped ``question-answering``, so ``register()``
+adds ``extractive-question-answering`` (models.hf_pipelines: sliding windows over
+long contexts through the tokenizer's ``doc_stride``). ONNX: models.onnx_export.
 """
 
 from __future__ import annotations
@@ -499,7 +504,11 @@ AUTO_CLASSES = (
 
 
 def register() -> None:
-    """Make the Auto classes resolve ``model_type: ernie_sparse`` to ours (idempotent)."""
+    """Make the Auto classes resolve ``model_type: ernie_sparse`` to ours, and add the
+    ``extractive-question-answering`` pipeline (models.hf_pipelines); idempotent."""
+    from .hf_pipelines import register_pipelines
+
     AutoConfig.register(ERNIE_SPARSE_MODEL_TYPE, ErnieSparseConfig, exist_ok=True)
     for auto_class, model_class in AUTO_CLASSES:
         auto_class.register(ErnieSparseConfig, model_class, exist_ok=True)
+    register_pipelines()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..attention.combiner import COMBINER_VARIANTS
+from ..attention.combiner import VARIANTS
 from .config import ModelConfig
 
 # Overrides of ModelConfig per preset. Placeholders: "{global}" = 2 blocks of tokens
@@ -51,10 +51,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # "causal-dense" and "causal-combiner-<variant>", pre-LN as in Combiner appendix E.3.
 _CAUSAL: dict[str, Any] = {"causal": True, "layer_norm": "pre"}
 PRESETS["causal-dense"] = {**_CAUSAL, "pattern": "dense"}
-for _variant in COMBINER_VARIANTS:
-    PRESETS[f"combiner-{_variant}"] = {"attention": "combiner", "combiner_variant": _variant}
-    if _variant != "learnable":  # k-means routing sorts by content: never causal
-        PRESETS[f"causal-combiner-{_variant}"] = {**PRESETS[f"combiner-{_variant}"], **_CAUSAL}
+for _name, _variant in VARIANTS.items():
+    PRESETS[f"combiner-{_name}"] = {"attention": "combiner", "combiner_variant": _name}
+    if _variant.causal:  # not "learnable": k-means routing sorts by content
+        PRESETS[f"causal-combiner-{_name}"] = {**PRESETS[f"combiner-{_name}"], **_CAUSAL}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

@@ -9,6 +9,12 @@ import is needed. Weights our encoder has and the checkpoint lacks (HST's
 hierarchical attention, the representative embedding) are simply absent from the
 state dict, so ``encoder.load_state_dict(sd, strict=False)`` reports them.
 
+``load_checkpoint_into(head, checkpoint)`` is the one way a checkpoint goes into a
+task head (``load_pretrained_head`` here, ``training.warm_start`` for runs): the
+encoder, a masked LM's head, and the HST policy (hierarchical attention the
+checkpoint lacks copied from its layer's sparse attention, as ``convert`` does).
+``read_checkpoint_config`` reads a checkpoint's config without its weights.
+
 Longer inputs than the checkpoint was trained on (Longformer, Beltagy et al.
 2020, section 5; ERNIE-Sparse section 4.2): ``max_positions=4096`` extends the
 position table by repeating the learned rows; RoBERTa's first ``padding_idx + 1``
@@ -153,16 +159,49 @@ def load_pretrained_head(
     checkpoint = read_checkpoint(directory, **(model_overrides or {}))
     _warn_unused(directory, checkpoint.unused)
     head = head_cls(checkpoint.config, **head_kwargs)
+    loaded = load_checkpoint_into(head, checkpoint, hst_init=hst_init)
+    _warn_unused(directory, loaded.unused, what=f"{head_cls.__name__} has no place for")
+    return head, loaded.fresh
+
+
+@dataclass
+class Loaded:
+    """What :func:`load_checkpoint_into` did to a head."""
+
+    loaded: list[str]  # parameters set from the checkpoint
+    copied: list[str]  # hierarchical attention copied from its layer's sparse attention
+    fresh: list[str]  # parameters left as initialized (the task layers, ...)
+    unused: list[str]  # checkpoint tensors the head has no place for
+
+
+HST_INITS = ("copy", "fresh")
+
+
+def load_checkpoint_into(
+    head: nn.Module, checkpoint: Checkpoint, *, hst_init: str = "copy"
+) -> Loaded:
+    """Load ``checkpoint`` into a task ``head`` (anything with an ``.encoder``): the
+    encoder's weights, a masked LM's head when both have one, then the one HST policy:
+    with ``hst_init="copy"`` every hierarchical attention the checkpoint lacks starts as
+    a copy of its layer's pretrained sparse attention (as ``convert`` does); ``"fresh"``
+    keeps its initialization. Checkpoint tensors the head has no place for (say, a last
+    layer's hierarchical attention, which a head reading every token lacks) are left out
+    and returned in ``unused``.
+    """
+    if hst_init not in HST_INITS:
+        raise ValueError(f"hst_init must be copy or fresh, got {hst_init!r}")
     state = {f"encoder.{key}": value for key, value in checkpoint.encoder.items()}
     if isinstance(head, MaskedLM) and checkpoint.mlm_head is not None:
         state.update(checkpoint.mlm_head)
-    missing = load_into(head, state)
+    result = head.load_state_dict(state, strict=False)
+    missing, unused = list(result.missing_keys), list(result.unexpected_keys)
+    copied = []
     if hst_init == "copy":
         copied = copy_attention_to_hierarchical(head.encoder, missing=missing)
-        missing = [key for key in missing if key not in copied]
-    elif hst_init != "fresh":
-        raise ValueError(f"hst_init must be copy or fresh, got {hst_init!r}")
-    return head, missing
+    skipped, set_now = set(unused), set(copied)
+    loaded = [key for key in state if key not in skipped]
+    fresh = [key for key in missing if key not in set_now]
+    return Loaded(loaded=loaded, copied=copied, fresh=fresh, unused=unused)
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -203,12 +242,7 @@ def read_checkpoint(directory: str | Path, **model_overrides: Any) -> Checkpoint
         _check_shapes(checkpoint, directory)
         return apply_overrides(checkpoint, model_overrides)
     hf_config = read_config(directory)
-    model_type = hf_config.get("model_type")
-    if model_type not in (*HF_MODEL_TYPES, ERNIE_SPARSE_MODEL_TYPE):
-        raise ValueError(
-            f"{directory}: model_type {model_type!r} is not supported; "
-            f"expected one of {', '.join((*HF_MODEL_TYPES, ERNIE_SPARSE_MODEL_TYPE))}"
-        )
+    model_type = _model_type(hf_config, directory)
     if model_type == ERNIE_SPARSE_MODEL_TYPE:
         checkpoint = _from_ernie_sparse(hf_config, read_weights(directory), directory)
     else:
@@ -218,6 +252,33 @@ def read_checkpoint(directory: str | Path, **model_overrides: Any) -> Checkpoint
     return apply_overrides(checkpoint, model_overrides)
 
 
+def read_checkpoint_config(directory: str | Path, **model_overrides: Any) -> ModelConfig:
+    """The checkpoint's model config with ``model_overrides`` applied, as
+    ``read_checkpoint(directory, **model_overrides).config``, from its config file
+    alone (config.json, or a run's config.yaml): the weights are not read."""
+    directory = Path(directory)
+    if is_run_directory(directory):
+        config = ModelConfig.from_dict(_run_model_section(directory))
+    else:
+        hf_config = read_config(directory)
+        model_type = _model_type(hf_config, directory)
+        if model_type == ERNIE_SPARSE_MODEL_TYPE:
+            config = _ernie_sparse_config(hf_config, directory)
+        else:
+            config = bert_like_config(hf_config, source=model_type)
+    return override_config(config, model_overrides)
+
+
+def _model_type(hf_config: dict[str, Any], directory: Path) -> str:
+    model_type = hf_config.get("model_type")
+    if model_type not in (*HF_MODEL_TYPES, ERNIE_SPARSE_MODEL_TYPE):
+        raise ValueError(
+            f"{directory}: model_type {model_type!r} is not supported; "
+            f"expected one of {', '.join((*HF_MODEL_TYPES, ERNIE_SPARSE_MODEL_TYPE))}"
+        )
+    return model_type
+
+
 def is_run_directory(directory: Path) -> bool:
     """A training run's folder (``ernie-sparse train`` / ``pretrain``), not a HF checkpoint."""
     return (directory / "config.yaml").is_file() and not (directory / "config.json").is_file()
@@ -225,9 +286,7 @@ def is_run_directory(directory: Path) -> bool:
 
 def _from_run(directory: Path) -> Checkpoint:
     """A run's best weights (else its final ones) and the model section of its config."""
-    run = load_yaml(directory / "config.yaml")
-    if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
-        raise ValueError(f"{directory}/config.yaml: no model section (not a run directory)")
+    run = _run_config(directory)
     weights_path = next(
         (directory / name for name in RUN_WEIGHTS if (directory / name).is_file()), None
     )
@@ -241,6 +300,17 @@ def _from_run(directory: Path) -> Checkpoint:
         "architectures": ["ErnieSparseForMaskedLM"] if is_mlm else [],
     }
     return _from_ernie_sparse(hf_config, load_safetensors(weights_path), directory)
+
+
+def _run_config(directory: Path) -> dict[str, Any]:
+    run = load_yaml(directory / "config.yaml")
+    if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
+        raise ValueError(f"{directory}/config.yaml: no model section (not a run directory)")
+    return run
+
+
+def _run_model_section(directory: Path) -> dict[str, Any]:
+    return _run_config(directory)["model"]
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -297,22 +367,28 @@ def extend_positions(weight: torch.Tensor, *, offset: int, max_positions: int) -
     return torch.cat([reserved, rows]).contiguous()
 
 
-def apply_overrides(checkpoint: Checkpoint, overrides: dict[str, Any]) -> Checkpoint:
-    """ModelConfig overrides; a new ``max_positions`` resizes the position table."""
+def override_config(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
+    """A checkpoint's config with ModelConfig ``overrides`` (``hst`` / ``saor`` dicts
+    merge); fields fixed by the weights (``FIXED_FIELDS``) are refused."""
     fixed = sorted(set(overrides) & set(FIXED_FIELDS))
     if fixed:
         raise ValueError(
             f"cannot override {', '.join(fixed)} of a pretrained checkpoint "
             "(they are fixed by its weights)"
         )
-    values = checkpoint.config.to_dict()
+    values = config.to_dict()
     for key, value in overrides.items():
         if key not in values:
             raise ValueError(f"unknown config key {key!r}")
         if key in ("hst", "saor") and isinstance(value, dict):
             value = {**values[key], **value}
         values[key] = value
-    config = ModelConfig.from_dict(values)
+    return ModelConfig.from_dict(values)
+
+
+def apply_overrides(checkpoint: Checkpoint, overrides: dict[str, Any]) -> Checkpoint:
+    """ModelConfig overrides; a new ``max_positions`` resizes the position table."""
+    config = override_config(checkpoint.config, overrides)
     encoder = dict(checkpoint.encoder)
     if config.max_positions != checkpoint.config.max_positions:
         encoder["embeddings.position.weight"] = extend_positions(
@@ -452,13 +528,17 @@ def _mlm_head(
     return {ours: remaining.pop(theirs) for theirs, ours in parts.items()}
 
 
+def _ernie_sparse_config(hf_config: dict[str, Any], directory: Path) -> ModelConfig:
+    if not isinstance(hf_config.get("model"), dict):
+        raise ValueError(f"{directory}: config.json has no 'model' section (ModelConfig)")
+    return ModelConfig.from_dict(hf_config["model"])
+
+
 def _from_ernie_sparse(
     hf_config: dict[str, Any], weights: dict[str, torch.Tensor], directory: Path
 ) -> Checkpoint:
     """A directory saved by ErnieSparseModel / ErnieSparseFor*.save_pretrained."""
-    if not isinstance(hf_config.get("model"), dict):
-        raise ValueError(f"{directory}: config.json has no 'model' section (ModelConfig)")
-    config = ModelConfig.from_dict(hf_config["model"])
+    config = _ernie_sparse_config(hf_config, directory)
     # Base model: encoder.*; task models: ernie_sparse.encoder.*, ernie_sparse.<head>.*
     weights = {key.removeprefix("ernie_sparse."): value for key, value in weights.items()}
     encoder = {
@@ -490,9 +570,9 @@ def _check_shapes(checkpoint: Checkpoint, directory: Path) -> None:
             )
 
 
-def _warn_unused(directory: str | Path, unused: list[str]) -> None:
+def _warn_unused(
+    directory: str | Path, unused: list[str], *, what: str = "checkpoint entries not loaded"
+) -> None:
     unused = [key for key in unused if not EXPECTED_UNUSED.search(key)]
     if unused:
-        warnings.warn(
-            f"{directory}: checkpoint entries not loaded: {', '.join(unused)}", stacklevel=3
-        )
+        warnings.warn(f"{directory}: {what}: {', '.join(unused)}", stacklevel=3)

@@ -87,9 +87,9 @@ def representative_mask(plan: SequencePlan, attention_mask: torch.Tensor) -> tor
     local = attention_mask[:, plan.num_global :]  # [B, n - g]
     padded_len = plan.local_blocks * plan.tokens_per_block
     local = torch.nn.functional.pad(local, (0, padded_len - local.shape[1]), value=False)
-    mask = local.view(batch, plan.local_blocks, plan.tokens_per_block).any(dim=-1)
-    mask[:, :1] = True
-    return mask
+    mask = local.view(batch, plan.local_blocks, plan.tokens_per_block).any(dim=-1)  # [B, m]
+    # Out of place: the TorchScript ONNX exporter loses an in-place write here.
+    return mask | (torch.arange(plan.local_blocks, device=mask.device) == 0)
 
 
 def internal_key_mask(

@@ -1,10 +1,30 @@
-"""Helpers shared by the pattern families: validation and block counts."""
+"""Helpers shared by the pattern families: the layout type, validation and block counts."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class PatternConstraints:
+    """What a layout built from given parameters demands of the model around it."""
+
+    field: str = ""  # the pattern parameter these follow from (errors name it)
+    num_heads: int | None = None  # the layout has exactly this many heads (None: any count)
+    block_multiple: int = 1  # the block count must be a multiple of this (the plan pads up)
+
+
+def check_layout(layout: torch.Tensor) -> None:
+    """A layout is a bool tensor [H or 1, nb, nb]."""
+    if not isinstance(layout, torch.Tensor):
+        raise TypeError(f"layout must be a torch.Tensor, got {type(layout).__name__}")
+    if layout.dtype != torch.bool:
+        raise TypeError(f"layout must have dtype torch.bool, got {layout.dtype}")
+    if layout.dim() != 3 or layout.shape[1] != layout.shape[2]:
+        raise ValueError(f"layout must have shape [H or 1, nb, nb], got {tuple(layout.shape)}")
 
 
 def num_blocks_for(seq_len: int, block_size: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_positive
+from ._common import PatternConstraints, check_positive
 
 
 def parse_head_split(head_split: str) -> list[int]:
@@ -20,6 +20,12 @@ def parse_head_split(head_split: str) -> list[int]:
             f"head_split needs non-negative head counts summing > 0, got {head_split!r}"
         )
     return counts
+
+
+def blockbert_constraints(head_split: str = "") -> PatternConstraints:
+    """The layout has sum(split) heads and cuts the blocks into len(split) equal parts."""
+    counts = parse_head_split(str(head_split))
+    return PatternConstraints(field="head_split", num_heads=sum(counts), block_multiple=len(counts))
 
 
 def blockbert(num_blocks: int, head_split: str) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..plotting import save_figure
+from ._common import check_layout
 
 
 def render_layout(
@@ -23,8 +24,6 @@ def render_layout(
         raise ImportError(
             "render_layout needs matplotlib: pip install 'ernie-sparse[plot]'"
         ) from error
-    from ..attention.validation import check_layout
-
     check_layout(layout)
     heads = min(layout.shape[0], max_heads)
     cols = min(heads, 4)

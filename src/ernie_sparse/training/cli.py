@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from ..analysis import WordOrderShift
 from ..files import load_safetensors
 from ..models.config import parse_overrides
+from ..objectives.roll import TokenRoll
 from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
 from .distributed import init_world
 from .loop import Run
 from .resume import apply_resume_changes, check_source
-from .tasks import get_task
+from .tasks import get_task, validation_note
+
+log = logging.getLogger("ernie_sparse.training")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +65,22 @@ def run_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]
                 "--config FILE to start the run"
             )
         raise ValueError("give exactly one of --preset NAME or --config FILE")
+    if args.config:
+        check_config_file(Path(args.config))
     source = str(args.preset) if args.preset else str(Path(args.config).resolve())
     config = resolve(merge_values(preset_values(str(args.config or args.preset)),
                                   command_line_values(args)))  # fmt: skip
     config.source = source
     return config, []
+
+
+def check_config_file(path: Path) -> None:
+    """--config names a YAML file that exists (a preset name goes to --preset)."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"--config {path}: the file {what} (a preset goes to --preset)")
+    if path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"--config {path}: expected a .yaml or .yml file")
 
 
 def resumed_config(args: argparse.Namespace, saved: Path) -> tuple[RunConfig, list[str]]:
@@ -91,23 +105,39 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def same_path(left: str, right: str) -> bool:
+    return Path(left).expanduser().resolve() == Path(right).expanduser().resolve()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (config.yaml + weights)")
     parser.add_argument("--data", help="data folder or file (default: the run's train.data)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--weights", default="best.safetensors", help="file in the run dir")
     parser.add_argument("--attack", help="roll=K: the word-order-shift attack (section 5.2)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.set_defaults(run=run_evaluate)
 
 
-def parse_attack(text: str | None, num_global: int) -> WordOrderShift | None:
+def parse_attack(text: str | None, num_global: int) -> TokenRoll | None:
     if text is None:
         return None
     name, _, value = text.partition("=")
     if name != "roll" or not value.lstrip("-").isdigit():
         raise ValueError(f"--attack must look like roll=K (an integer K), got {text!r}")
-    return WordOrderShift(shift=int(value), num_global=num_global)
+    # The word-order-shift attack (analysis.WordOrderShift) is this roll.
+    return TokenRoll(shift=int(value), num_global=num_global)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -115,6 +145,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not a run directory")
     config = load_run_config(config_path)
+    same_data = not args.data or same_path(args.data, config.train.data)
+    note = validation_note(config.train) if same_data and args.split != "train" else ""
     if args.data:
         config.train.data = args.data
     task = get_task(config.train.task)
@@ -129,6 +161,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         lines = [line.strip() for line in str(error).strip().splitlines()]
         detail = " ".join(lines[1:3]) or lines[0]
         raise ValueError(f"{weights} does not fit the model of {config_path} ({detail})") from None
+    if note:  # the run chose its best weights on the data evaluated here
+        log.warning("%s: %s", args.run_dir, note)
     attack = parse_attack(args.attack, config.model.num_global)
     world = init_world()
     model.to(world.device)
@@ -141,6 +175,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         transform=attack,
     )
     result = {"split": args.split, "attack": args.attack, "weights": args.weights, **metrics}
+    if note:
+        result["validation"] = note
     suffix = f"-{args.attack.replace('=', '')}" if args.attack else ""
     (args.run_dir / f"eval-{args.split}{suffix}.json").write_text(json.dumps(result) + "\n")
     print(json.dumps(result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,8 @@ from typing import Any, Literal
 from ..files import load_mapping, load_yaml
 from ..models import ModelConfig, preset
 from ..models.config import _check_choice, _check_positive, build_dataclass
+from .tasks import get_task
+from .warm_start import warm_start_config
 
 DECAYS = ("rsqrt", "cosine", "linear", "constant")
 
@@ -28,7 +31,7 @@ def config_dirs() -> tuple[Path, ...]:
 @dataclass
 class TrainConfig:
     task: str = "listops"  # a registered task (training/tasks.py); a wrong name lists them
-    data: str = ""  # the task's data folder or file
+    data: str = ""  # the task's data folder or file (config.yaml stores it absolute)
     max_length: int = 2000  # tokens per document (longer ones are cut, counted)
     batch_size: int = 32  # global batch (split across processes), per optimizer step
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size / grad_accum each)
@@ -50,6 +53,7 @@ class TrainConfig:
     init_from: str = ""  # pretrained folder (BERT/RoBERTa or converted) to warm-start the encoder
     tokenizer: str = ""  # tokenizer.json of subword tasks; "" = init_from's (classification: bytes)
     val_fraction: float = 0.05  # mlm: share of the corpus's documents held out for validation
+    val_from_train: float = 0.0  # text: share of train held out for validation; 0 = test (LRA)
     mask_probability: float = 0.15  # mlm: share of tokens chosen for prediction (80/10/10)
     doc_stride: int = 128  # QA: tokens between the starts of consecutive context windows
     max_answer_tokens: int = 30  # QA: longest predicted answer span, in tokens
@@ -71,6 +75,9 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "clip_norm", "stop_at"):
             _check_number(f"train.{name}", getattr(self, name), low=0.0)
         _check_number("train.val_fraction", self.val_fraction, low=0.0, high=1.0, open_high=True)
+        _check_number(
+            "train.val_from_train", self.val_from_train, low=0.0, high=1.0, open_high=True
+        )
         _check_number(
             "train.mask_probability", self.mask_probability, low=0.0, high=1.0,
             open_low=True, open_high=True,
@@ -126,11 +133,13 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         values = {"source": self.source} if self.source else {}  # absent when none
+        train = dataclasses.asdict(self.train)
+        train["data"] = absolute_path(train["data"])  # the run folder works from any cwd
         return {
             **values,
             "model_preset": self.model_preset,
             "model": self.model.to_dict(),
-            "train": dataclasses.asdict(self.train),
+            "train": train,
         }
 
     @classmethod
@@ -141,6 +150,11 @@ class RunConfig:
             model_preset=values.get("model_preset", "ernie-sparse"),
             source=values.get("source") or "",
         )
+
+
+def absolute_path(path: str) -> str:
+    """A relative path as an absolute one from the working directory ("" stays "")."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 def find_preset(name: str) -> Path:
@@ -213,8 +227,6 @@ def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConf
             raise ValueError(f"model.{group} must be a mapping")
     train = build_dataclass(TrainConfig, values.get("train", {}), prefix="train.")
     if train.init_from:  # a warm start: the checkpoint's model, this run's model values on top
-        from .pretrain import warm_start_config
-
         named = values.get("model", {}).get("preset")  # applied only when named
         model = warm_start_config(train.init_from, model_values, preset_name=named)
         name = named or "pretrained"
@@ -222,7 +234,5 @@ def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConf
         if vocab_size is not None:
             model_values.setdefault("vocab_size", vocab_size)
         model = preset(name, **model_values)
-    from .tasks import get_task  # tasks import this module
-
     get_task(train.task)  # an unknown task is refused here, naming the known ones
     return RunConfig(model=model, train=train, model_preset=name)

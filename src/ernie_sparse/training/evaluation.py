@@ -38,6 +38,8 @@ def batches(
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """(example indices, device batch) for this process's share of each batch."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluation batch_size must be an integer >= 1, got {batch_size!r}")
     generator = generator or torch.Generator().manual_seed(EVAL_SEED)
     starts = range(0, len(dataset), batch_size)
     if max_batches:

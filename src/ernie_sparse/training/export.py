@@ -14,6 +14,10 @@ validation split's label names), else ``LABEL_i``. The run's tokenizer files are
 copied (a lone tokenizer.json gets a tokenizer_config.json for AutoTokenizer).
 Two-tower matching (retrieval) and causal LM runs have no transformers class here
 and are refused.
+
+``--onnx`` also writes ``model.onnx`` (classification, MLM and span-QA runs): a graph
+for inputs of exactly ``--onnx-length`` tokens (default: the run's train.max_length),
+checked against PyTorch with onnxruntime; models.onnx_export says what it holds.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..files import load_safetensors
 from ..models import MaskedLM, MultipleChoice, SequenceClassifier, SpanQA
 from ..models.convert import _check_out, copy_tokenizer
 from ..models.pretrained import is_run_directory
+from ..safety import inside
 from .config import RunConfig, load_run_config
 from .tasks import get_task
 
@@ -60,13 +65,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--labels", help="class names, comma-separated (default: the run's data, else LABEL_i)"
     )
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (classification / MLM / span QA; pip install "
+        "'ernie-sparse[onnx]')",
+    )
+    parser.add_argument(
+        "--onnx-length",
+        type=int,
+        help="the ONNX graph's fixed input length (default: the run's train.max_length)",
+    )
     parser.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     _check_out(args.out, force=args.force)
     labels = args.labels.split(",") if args.labels else None
-    for line in export_run(args.run_dir, args.out, weights=args.weights, labels=labels):
+    if args.onnx_length is not None and not args.onnx:
+        raise ValueError("--onnx-length needs --onnx")
+    lines = export_run(
+        args.run_dir,
+        args.out,
+        weights=args.weights,
+        labels=labels,
+        onnx=args.onnx,
+        onnx_length=args.onnx_length,
+    )
+    for line in lines:
         print(line)
     return 0
 
@@ -77,8 +103,12 @@ def export_run(
     *,
     weights: str = "best",
     labels: list[str] | None = None,
+    onnx: bool = False,
+    onnx_length: int | None = None,
 ) -> list[str]:
-    """Write the run's model to ``out`` as a Hugging Face folder; returns what was done."""
+    """Write the run's model to ``out`` as a Hugging Face folder and, with ``onnx``,
+    ``model.onnx`` for inputs of ``onnx_length`` tokens (default: the run's
+    train.max_length); returns what was done."""
     try:
         from ..models import hf
     except ImportError as error:
@@ -92,6 +122,9 @@ def export_run(
     run = load_run_config(run_dir / "config.yaml")
     native, weights_path = load_run_model(run_dir, run, weights=weights)
     class_name = hf_class_name(native, task=run.train.task)
+    if onnx:  # refuse before writing anything
+        onnx_length = default_onnx_length(run) if onnx_length is None else onnx_length
+        check_onnx(native, onnx_length)
     label_fields, label_note = _label_fields(native, run, labels)
     config = hf.ErnieSparseConfig(model=run.model, **label_fields)
     model = getattr(hf, class_name)(config)
@@ -103,15 +136,35 @@ def export_run(
         f"HST {'on' if run.model.hst.enabled else 'off'}, SAOR alpha {run.model.saor.alpha:g}",
         *([label_note] if label_note else []),
         export_tokenizer(run, out),
+        *([_write_onnx(native, out, onnx_length)] if onnx else []),
         f"wrote {out}",
     ]
+
+
+def default_onnx_length(run: RunConfig) -> int:
+    """The run's training length, within what the position table holds."""
+    return min(run.train.max_length, run.model.max_positions)
+
+
+def check_onnx(native: nn.Module, length: int) -> None:
+    """The ONNX export can serve this model at this length, with its packages installed."""
+    from ..models.onnx_export import check_length, native_model, require_onnx
+
+    require_onnx()
+    check_length(native_model(native), length)
+
+
+def _write_onnx(native: nn.Module, out: Path, length: int) -> str:
+    from ..models.onnx_export import export_onnx
+
+    return export_onnx(native, out / "model.onnx", length=length).describe()
 
 
 def load_run_model(run_dir: Path, run: RunConfig, *, weights: str) -> tuple[nn.Module, Path]:
     """The run's task model (as ``task.build`` makes it) with its ``weights`` loaded."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    path = run_dir / WEIGHTS[weights]
+    path = inside(run_dir, WEIGHTS[weights])  # a symlink out of the run is refused
     if not path.is_file():
         other = next(name for name in WEIGHTS if name != weights)
         raise FileNotFoundError(
@@ -157,7 +210,7 @@ def _label_fields(
     count = native.classifier.output.out_features
     where = "--labels"
     if labels is None:
-        labels, where = _data_label_names(run)
+        labels, where = run_label_names(run)
     if labels is not None and len(labels) != count:
         raise ValueError(f"{len(labels)} label names for {count} classes ({where})")
     if labels is None:
@@ -171,7 +224,7 @@ def _label_fields(
     return fields, f"labels: {', '.join(labels)} ({where})"
 
 
-def _data_label_names(run: RunConfig) -> tuple[list[str] | None, str]:
+def run_label_names(run: RunConfig) -> tuple[list[str] | None, str]:
     """The label names of the run's validation split, or None and why not."""
     if not run.train.data or not Path(run.train.data).exists():
         return None, f"LABEL_i: the run's data {run.train.data or '(none)'} is not here"
@@ -196,6 +249,8 @@ def export_tokenizer(run: RunConfig, out: Path) -> str:
     else:
         shutil.copyfile(source, out / "tokenizer.json")
         line = f"tokenizer: copied {source} as tokenizer.json"
+    if add_reader_template(out / "tokenizer.json"):
+        line += ", added the readers' <s> ... </s> template"
     if not (out / "tokenizer_config.json").is_file():
         segments = run.model.type_vocab_size > 0
         write_tokenizer_config(
@@ -203,6 +258,31 @@ def export_tokenizer(run: RunConfig, out: Path) -> str:
         )
         line += ", wrote tokenizer_config.json"
     return line
+
+
+def add_reader_template(path: Path) -> bool:
+    """Give a tokenizer.json without a post-processor (``pretrain``'s BPE) the special
+    tokens our readers add, so Hugging Face tokenizers build the inputs the run trained
+    on: ``<s> text </s>`` and, for pairs (question answering), ``<s> a </s> b </s>``.
+    A tokenizer that has its own template (a converted checkpoint's) is left alone."""
+    from tokenizers import processors
+
+    tokenizer = read_tokenizer_file(path)
+    cls, sep = _special_name(tokenizer, "cls"), _special_name(tokenizer, "sep")
+    if tokenizer.post_processor is not None or cls is None or sep is None:
+        return False
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
+    tokenizer.save(str(path))
+    return True
+
+
+def _special_name(tokenizer, role: str) -> str | None:
+    """The vocabulary's name for special token ``role`` (RoBERTa's, else BERT's)."""
+    return next((n for n in SPECIAL_NAMES[role] if tokenizer.token_to_id(n) is not None), None)
 
 
 def _tokenizer_file(run: RunConfig) -> Path | None:
@@ -232,7 +312,7 @@ def write_tokenizer_config(path: Path, *, max_positions: int, segments: bool) ->
     if not segments:  # no token_type_ids for a model without segment embeddings
         settings["model_input_names"] = ["input_ids", "attention_mask"]
     for role, key in SPECIAL_KEYS.items():
-        name = next((n for n in SPECIAL_NAMES[role] if tokenizer.token_to_id(n) is not None), None)
+        name = _special_name(tokenizer, role)
         if name is not None:
             settings[key] = name
     unknown = next((n for n in ("<unk>", "[UNK]") if tokenizer.token_to_id(n) is not None), None)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -27,7 +26,13 @@ from ..data.classification import read_classification
 from ..data.collate import pad_sequences
 from ..data.corpus import read_corpus
 from ..data.masking import mask_tokens
-from ..data.qa import ChoiceDataset, SpanQADataset, read_span_qa, read_wikihop
+from ..data.qa import (
+    ChoiceDataset,
+    SpanQADataset,
+    qa_split_file,
+    read_span_qa,
+    read_wikihop,
+)
 from ..data.qa_metrics import best_over_golds, classification_scores
 from ..data.tokenize import Subword
 from ..files import load_mapping
@@ -41,6 +46,7 @@ from ..models.heads import (
     TaskOutput,
     nll_loss,
 )
+from ..objectives.roll import TokenRoll
 from .config import TrainConfig
 from .distributed import World, all_sum
 from .evaluation import EVAL_SEED, Transform, eval_batches, eval_mode, evaluate_accuracy
@@ -64,15 +70,6 @@ def tokenizer_path(train: TrainConfig) -> str:
     raise ValueError(
         f"task {train.task} needs train.tokenizer (a tokenizer.json) or train.init_from"
     )
-
-
-def split_file(root: Path, split: str) -> Path:
-    """``<split>.json``; validation may also be called ``dev.json`` (TriviaQA, WikiHop)."""
-    names = [f"{split}.json"] + (["dev.json"] if split in ("val", "test") else [])
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(f"{root}: no {' or '.join(names)}")
 
 
 # --- masked language model ---
@@ -115,6 +112,8 @@ def evaluate_mlm(
 
     where a token covers the text from its start to the next token's start (data.corpus).
     Masks come from the fixed evaluation generator, so every evaluation sees the same.
+    A ``transform`` (the word-order-shift attack) is applied after the characters of
+    the masked tokens are counted: it only moves tokens, with their labels.
     """
     totals = torch.zeros(4, dtype=torch.float64)  # summed NLL, masked tokens, chars, examples
     for indices, batch in eval_batches(
@@ -124,17 +123,16 @@ def evaluate_mlm(
         world=world,
         max_batches=max_batches,
         collate=collate,
-        transform=transform,
         generator=torch.Generator().manual_seed(EVAL_SEED),
     ):
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        labels = batch["labels"]
-        chosen = labels != IGNORE_INDEX  # [B, n]
+        chosen = batch["labels"] != IGNORE_INDEX  # [B, n]
         chars = pad_sequence([dataset[i]["chars"] for i in indices], batch_first=True)
-        totals[0] += float(F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="sum"))
         totals[1] += int(chosen.sum())
         totals[2] += int(chars.to(chosen.device)[chosen].sum())
         totals[3] += len(indices)
+        batch = transform(batch) if transform is not None else batch
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        totals[0] += float(nll_loss(logits, batch["labels"], reduction="sum"))
     nll, tokens, chars, examples = all_sum(totals, world).tolist()
     if tokens == 0 or chars == 0:
         raise ValueError("evaluation masked no tokens (empty split?)")
@@ -178,7 +176,7 @@ def evaluate_classification(model: nn.Module, dataset, *, world: World, **option
 
 def _read_triviaqa(train: TrainConfig, split: str) -> SpanQADataset:
     return read_span_qa(
-        split_file(data_root(train), split),
+        qa_split_file(data_root(train), split),
         Subword(tokenizer_path(train)),
         max_length=train.max_length,
         num_global=train.global_prefix,
@@ -257,7 +255,12 @@ def evaluate_span_qa(
 ) -> dict[str, float]:
     """TriviaQA F1 and EM (SQuAD definitions, fractions in [0, 1], mean over questions)
     with answers merged across each question's windows; loss is the mean over windows.
-    Each process scores its share of the questions."""
+    Each process scores its share of the questions.
+
+    Under a token roll (the word-order-shift attack) the span labels move with their
+    tokens, and the rolled pass's start/end logits are rolled back to the original
+    token order before answers are cut from the context, so the answer text is the
+    one the model pointed at."""
     questions = range(len(dataset.questions))
     if max_batches:
         questions = questions[: max_batches * batch_size]
@@ -274,7 +277,10 @@ def evaluate_span_qa(
                 batch = collate([dataset[i] for i in indices], torch.Generator())
                 batch = transform(batch) if transform is not None else batch
                 out = model(**{k: v.to(world.device) for k, v in batch.items()})
-                logits.update(zip(indices, out.logits.cpu(), strict=True))
+                spans = out.logits.cpu()  # [B, 2, n]
+                if isinstance(transform, TokenRoll):  # back to the context's token order
+                    spans = transform.restore_logits(spans, batch)
+                logits.update(zip(indices, spans, strict=True))
                 totals[3] += float(out.loss) * len(indices)
                 totals[4] += len(indices)
             for q in group:
@@ -298,7 +304,7 @@ def evaluate_span_qa(
 
 def _read_wikihop(train: TrainConfig, split: str) -> ChoiceDataset:
     return read_wikihop(
-        split_file(data_root(train), split),
+        qa_split_file(data_root(train), split),
         Subword(tokenizer_path(train)),
         max_length=train.max_length,
         num_global=train.global_prefix,

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..data.base import TaskInfo
 from ..data.collate import pad_sequences
-from ..data.images import FASHION_MNIST_DIR
+from ..data.images import FASHION_MNIST_DIR, is_cifar10
 from ..data.pixels import read_cifar10_pixels, read_fashion_mnist_pixels, read_text_bytes
 from ..models import CausalLM, ModelConfig, nats_to_bits
 from ..models.causal import lm_labels, token_nll_sum
@@ -80,8 +80,7 @@ def evaluate_lm(
 def _read_image_lm(train: TrainConfig, split: str) -> Dataset:
     check_split(split)
     root = Path(train.data) if train.data else FASHION_MNIST_DIR
-    cifar = (root / "data_batch_1").is_file() or (root / "test_batch").is_file()
-    reader = read_cifar10_pixels if cifar else read_fashion_mnist_pixels
+    reader = read_cifar10_pixels if is_cifar10(root) else read_fashion_mnist_pixels
     dataset = reader(root, split=split)
     if dataset.info.max_length > train.max_length:
         raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,13 +23,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..models.reachability import encoder_reachability
-from ..objectives import saor_forward
+from ..objectives import SAOROutput, saor_forward
 from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from .config import RunConfig
 from .distributed import all_mean, barrier, init_world
 from .progress import Progress
 from .schedule import make_scheduler
-from .tasks import get_task
+from .tasks import get_task, validation_note
+from .warm_start import warm_start
+
+# The training logger: an info line per evaluation, the training records at debug.
+log = logging.getLogger("ernie_sparse.training")
 
 
 @dataclass
@@ -51,6 +56,22 @@ def batch_indices(state: LoopState, size: int, batch: int, seed: int) -> list[in
     start = state.position * batch
     state.position += 1
     return order[start : start + batch].tolist()
+
+
+def step_terms(out: SAOROutput) -> dict[str, torch.Tensor]:
+    """What a training record logs about the loss, per forward pass:
+
+    - ``loss``: the objective minimized (with SAOR: NLL(p1) + NLL(p2) + alpha * KL);
+    - ``nll``: NLL per forward pass, the mean over the passes; the same definition as
+      the evaluation's ``val_loss`` (which is one clean pass in eval mode);
+    - ``kl``: SAOR's symmetric KL between the passes (0 with one pass);
+    - with a second pass, ``nll_pass1`` (the input as given) and ``nll_pass2`` (rolled
+      by SAOR, or under other dropout for R-Drop).
+    """
+    terms = {"loss": out.loss, "nll": out.nll, "kl": out.kl}
+    if out.nll_second is not None:
+        terms.update(nll_pass1=out.nll_first, nll_pass2=out.nll_second)
+    return terms
 
 
 def optimizer_for(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -90,9 +111,7 @@ class Run:
         self.module = self.task.build(config.model, self.train_set.info)
         self._check_batch(self.train_set)
         if train.init_from and not (resume and self.checkpoint_path.is_file()):
-            from .pretrain import warm_start  # a resumed run restores its own weights
-
-            warm_start(self.module, train.init_from, config.model)
+            warm_start(self.module, train.init_from, config.model)  # a resumed run has its own
         self.module.encoder.gradient_checkpointing = train.grad_checkpointing
         self.module.to(self.world.device)
         self.model = self._wrap(self.module)
@@ -101,7 +120,10 @@ class Run:
             self.optimizer, warmup=train.warmup_steps, total=train.max_steps, decay=train.decay
         )
         self.state = LoopState()
+        self.validation_note = validation_note(train)
         self._start(resume)
+        if self.validation_note and self.world.is_main:
+            log.warning("%s: %s", self.out, self.validation_note)
         self._report_reachability()
         self.tensorboard = self._open_tensorboard() if train.tensorboard else None
 
@@ -295,13 +317,28 @@ class Run:
             temporary.replace(self.out / name)
 
     def _log(self, record: dict) -> None:
+        evaluation = any(key.startswith("val_") for key in record)
+        if evaluation and self.validation_note:
+            record["validation"] = self.validation_note  # also in history and the final line
         if self.world.is_main:
             with (self.out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            self._log_line(record, evaluation=evaluation)
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch") and isinstance(value, int | float):
                     self.tensorboard.add_scalar(key, value, record["step"])
+
+    def _log_line(self, record: dict, *, evaluation: bool) -> None:
+        """One line per evaluation at info level, the training records at debug."""
+        values = ", ".join(
+            f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in record.items()
+            if key not in ("step", "validation")
+        )
+        level = logging.INFO if evaluation else logging.DEBUG
+        total = self.config.train.max_steps
+        log.log(level, "%s step %d/%d: %s", self.out.name, record["step"], total, values)
 
     def _open_tensorboard(self):
         """A SummaryWriter on rank 0 (events after the resumed step are purged)."""
@@ -360,8 +397,9 @@ class Run:
             # Mean over the global batch: DDP averages over processes, so scale by their count.
             weight = len(mine) * self.world.size / len(indices)
             (out.loss * weight).backward()
-            for key, value in (("loss", out.loss), ("nll", out.nll), ("kl", out.kl)):
-                totals[key] += float(value.detach()) * len(mine) / len(indices)
+            for key, value in step_terms(out).items():
+                term = float(value.detach()) * len(mine) / len(indices)
+                totals[key] = totals.get(key, 0.0) + term
         if train.clip_norm:
             nn.utils.clip_grad_norm_(self.module.parameters(), train.clip_norm)
         self.optimizer.step()

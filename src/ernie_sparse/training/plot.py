@@ -29,9 +29,18 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def passes_per_step(run_dir: Path) -> int:
-    """2 when the run trained with SAOR (its logged NLL sums both passes), else 1."""
+    """2 when the run trained with SAOR, else 1 (runs from before ``nll`` was logged per
+    pass summed both passes' NLL in it)."""
     config = load_mapping(Path(run_dir) / "config.yaml", what="a run config")
     return 2 if config["model"]["saor"]["alpha"] > 0 else 1
+
+
+def training_nll(record: dict, run_dir: Path) -> float:
+    """A training record's NLL per forward pass: ``nll`` as logged (a run with a second
+    pass also logs ``nll_pass2``); an older SAOR run's ``nll`` summed both passes."""
+    if "nll_pass2" in record:
+        return record["nll"]
+    return record["nll"] / passes_per_step(run_dir)
 
 
 def plot_runs(run_dirs: list[Path], path: Path, *, labels: list[str] | None = None) -> Path:
@@ -41,7 +50,7 @@ def plot_runs(run_dirs: list[Path], path: Path, *, labels: list[str] | None = No
     for index, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
         train, evals = read_metrics(run_dir)
         color = f"C{index}"
-        nll = [r["nll"] / passes_per_step(run_dir) for r in train]
+        nll = [training_nll(r, run_dir) for r in train]
         loss_axis.plot([r["step"] for r in train], nll, color=color, label=label)
         steps = [r["step"] for r in evals]
         accuracy_axis.plot(

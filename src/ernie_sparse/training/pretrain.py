@@ -15,15 +15,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from ..data.corpus import find_text_files, train_tokenizer
 from ..data.tokenize import Subword
-from ..models import MaskedLM, ModelConfig, preset
 from ..models.config import parse_overrides
-from ..models.presets import PRESETS
 from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
 from .resume import apply_resume_changes
 
@@ -110,62 +105,3 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if run.world.is_main:
         print(json.dumps({"step": run.state.step, **final}))
     return 0
-
-
-def warm_start_config(
-    directory: str, model_values: dict[str, Any], *, preset_name: str | None = None
-) -> ModelConfig:
-    """The checkpoint's model config, then the fields ``preset_name`` sets (its sparse
-    pattern, HST, SAOR), then this run's ``model_values``.
-
-    Fields fixed by the checkpoint's weights (sizes, vocabulary, norms: the loader's
-    ``FIXED_FIELDS``) may appear in the run's values only with the checkpoint's own
-    value (so a preset file can spell out RoBERTa-base's sizes); a different value is
-    an error naming it.
-    """
-    from ..models.pretrained import FIXED_FIELDS, load_encoder
-
-    base, _ = load_encoder(directory)
-    differ = [
-        f"model.{key}={model_values[key]!r} (checkpoint: {getattr(base, key)!r})"
-        for key in FIXED_FIELDS
-        if key in model_values and model_values[key] != getattr(base, key)
-    ]
-    if differ:
-        raise ValueError(
-            f"{directory}: {', '.join(differ)}; these are fixed by the checkpoint's weights "
-            "(leave them out of a warm start's config)"
-        )
-    chosen = dict(model_values)
-    if preset_name:  # the preset's own fields, resolved for the checkpoint's sizes
-        sizes = {key: getattr(base, key) for key in FIXED_FIELDS}
-        full = preset(preset_name, **{**model_values, **sizes}).to_dict()
-        chosen = {k: v for k, v in full.items() if k in set(PRESETS[preset_name]) | set(chosen)}
-    overrides = {k: v for k, v in chosen.items() if k not in FIXED_FIELDS}
-    return load_encoder(directory, **overrides)[0]
-
-
-def warm_start(module: nn.Module, directory: str, config: ModelConfig) -> None:
-    """Load a pretrained encoder (and a masked LM's head, when the checkpoint has one)
-    into ``module``; other heads keep their initialization. Logs what was left as is."""
-    from ..models.pretrained import FIXED_FIELDS, load_encoder, read_checkpoint
-
-    overrides = {k: v for k, v in config.to_dict().items() if k not in FIXED_FIELDS}
-    loaded, weights = load_encoder(directory, **overrides)
-    if loaded != config:
-        raise ValueError(
-            f"{directory}: the checkpoint no longer matches this run's model config "
-            "(it was resolved from another checkpoint?)"
-        )
-    state = {f"encoder.{key}": value for key, value in weights.items()}
-    if isinstance(module, MaskedLM):
-        state.update(read_checkpoint(directory, **overrides).mlm_head or {})
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    log.warning(
-        "warm start from %s: %d tensors loaded; left initialized: %s",
-        directory,
-        len(state) - len(unexpected),
-        ", ".join(missing) or "none",
-    )
-    if unexpected:
-        log.warning("warm start: checkpoint tensors this model lacks: %s", ", ".join(unexpected))

@@ -7,11 +7,12 @@ calling :func:`register_task` at import and naming itself in ``TASK_MODULES``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data.base import TaskInfo, TokenDataset
 from ..data.collate import pad_collate
 from ..models import ModelConfig, SequenceClassifier, TwoTowerMatcher
-from .config import TrainConfig
+from ..objectives.roll import bind_to_model
 from .evaluation import evaluate_accuracy
 
 SPLITS = ("train", "val", "test")
@@ -34,10 +35,47 @@ TASK_MODULES: tuple[str, ...] = (
 Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]
 
 
+class TrainSettings(Protocol):
+    """What a task's reader takes: ``training.config.TrainConfig`` (named by its fields,
+    so that config, which looks tasks up, and the tasks do not import each other)."""
+
+    task: str
+    data: str
+    max_length: int
+    seed: int
+    val_from_train: float
+
+
 def plain_collate(examples: Sequence[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Pad and mask; deterministic tasks ignore the generator."""
     del generator
     return pad_collate(examples)
+
+
+def head_collate(head: type[nn.Module]) -> Collate:
+    """plain_collate for the sequences ``head`` declares (``SEQUENCE_INPUTS``)."""
+
+    def collate(examples: Sequence[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        del generator
+        return pad_collate(examples, head.SEQUENCE_INPUTS)
+
+    return collate
+
+
+def model_bound(evaluate: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``evaluate`` with its ``transform`` bound to the model it scores: a token roll
+    (the word-order-shift attack) follows that head's ``SEQUENCE_INPUTS``."""
+    if getattr(evaluate, "binds_transform", False):
+        return evaluate
+
+    @functools.wraps(evaluate)
+    def bound(model: nn.Module, dataset: Dataset, *args: Any, **options: Any) -> dict[str, Any]:
+        if options.get("transform") is not None:
+            options["transform"] = bind_to_model(options["transform"], model)
+        return evaluate(model, dataset, *args, **options)
+
+    bound.binds_transform = True  # type: ignore[attr-defined]
+    return bound
 
 
 @dataclass(frozen=True)
@@ -46,12 +84,15 @@ class Task:
     "examples" and ``metric``, the value that picks the best checkpoint."""
 
     name: str
-    read: Callable[[TrainConfig, str], Dataset]  # (train config, split) -> dataset with .info
+    read: Callable[[Any, str], Dataset]  # (TrainConfig, split) -> dataset with .info
     build: Callable[[ModelConfig, TaskInfo], nn.Module]  # a module with .encoder -> TaskOutput
     collate: Collate = plain_collate  # training batches get a generator seeded per step
     evaluate: Callable[..., dict[str, Any]] = evaluate_accuracy
     metric: str = "accuracy"
     higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluate", model_bound(self.evaluate))
 
     def is_better(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -95,7 +136,7 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be train, val or test, not {split!r}")
 
 
-def data_root(train: TrainConfig) -> Path:
+def data_root(train: TrainSettings) -> Path:
     if not train.data:
         raise ValueError(f"task {train.task} needs train.data (the data folder or file)")
     return Path(train.data)
@@ -104,13 +145,13 @@ def data_root(train: TrainConfig) -> Path:
 # --- the classification tasks of Long Range Arena, the document demo and the probes ---
 
 
-def _read_listops(train: TrainConfig, split: str) -> TokenDataset:
+def _read_listops(train: TrainSettings, split: str) -> TokenDataset:
     from ..data.listops import read_listops_dir
 
     return read_listops_dir(data_root(train), split, max_length=train.max_length)
 
 
-def _read_probe(train: TrainConfig, split: str) -> TokenDataset:
+def _read_probe(train: TrainSettings, split: str) -> TokenDataset:
     """A probe folder (``ernie-sparse data probe``); a probe is never cut to fit."""
     from ..data.probes import read_probe, read_spec
 
@@ -125,37 +166,75 @@ def _read_probe(train: TrainConfig, split: str) -> TokenDataset:
     return read_probe(root, split)
 
 
-def _read_text(train: TrainConfig, split: str) -> TokenDataset:
+def validation_note(train: TrainSettings) -> str:
+    """What the validation split is when it is not held out from test ("" when it is):
+    said in the run's log and in its evaluation records."""
+    if not train.data:
+        return ""
+    root = Path(train.data)
+    if train.task == "text" and not train.val_from_train and not _has_text_val(root):
+        return (
+            "validation reads the test split (LRA's convention for IMDB, which has no "
+            "validation split): the best weights are chosen on test data; "
+            "train.val_from_train=0.1 holds a share of train out instead"
+        )
+    if train.task in ("wikihop", "triviaqa") and root.is_dir():
+        from ..data.qa import qa_split_file as split_file
+
+        try:
+            val, test = split_file(root, "val"), split_file(root, "test")
+        except FileNotFoundError:
+            return ""  # the read fails with its own message
+        if val == test:
+            return (
+                f"validation and test both read {val.name} (there is no separate test "
+                "file): the best weights are chosen on test data"
+            )
+        if val.name == "dev.json":
+            return "validation reads dev.json"
+    return ""
+
+
+def _has_text_val(root: Path) -> bool:
+    from ..data.lra import has_text_val_split
+
+    return root.is_dir() and has_text_val_split(root)
+
+
+def _read_text(train: TrainSettings, split: str) -> TokenDataset:
+    """IMDB has no validation split: validation is the folder's val split, else the share
+    ``train.val_from_train`` of train, else the test split (LRA's convention; logged)."""
     from ..data.lra import read_text
 
-    lra_split = "train" if split == "train" else "test"  # IMDB has no validation split
-    return read_text(data_root(train), split=lra_split, max_length=train.max_length)
+    return read_text(
+        data_root(train),
+        split=split,
+        max_length=train.max_length,
+        val_fraction=train.val_from_train,
+        seed=train.seed,
+    )
 
 
-def _read_retrieval(train: TrainConfig, split: str) -> TokenDataset:
-    from ..data.lra import read_retrieval
+def _read_retrieval(train: TrainSettings, split: str) -> TokenDataset:
+    from ..data.lra import read_retrieval, retrieval_split_path
 
-    name = {"train": "train", "val": "eval", "test": "test"}[split]
-    path = data_root(train) / f"new_aan_pairs.{name}.tsv"
+    path = retrieval_split_path(data_root(train), split)
     return read_retrieval(path, max_length=train.max_length)
 
 
-def _read_image(train: TrainConfig, split: str) -> TokenDataset:
-    from ..data.images import read_fashion_mnist
-    from ..data.lra import read_cifar10
+def _read_image(train: TrainSettings, split: str) -> TokenDataset:
+    from ..data.lra import read_image
 
-    root = data_root(train)
-    reader = read_cifar10 if (root / "data_batch_1").is_file() else read_fashion_mnist
-    return reader(root, split=split)
+    return read_image(data_root(train), split=split)
 
 
-def _read_pathfinder(train: TrainConfig, split: str) -> TokenDataset:
+def _read_pathfinder(train: TrainSettings, split: str) -> TokenDataset:
     from ..data.pathfinder import read_pathfinder
 
     return read_pathfinder(data_root(train), split=split)
 
 
-def _read_documents(train: TrainConfig, split: str) -> TokenDataset:
+def _read_documents(train: TrainSettings, split: str) -> TokenDataset:
     from ..data.documents import read_documents
 
     return read_documents(data_root(train), split=split, max_length=train.max_length)
@@ -177,14 +256,18 @@ for _name, _read in (
     ("documents", _read_documents),
     ("probe", _read_probe),
 ):
-    register_task(Task(_name, read=_read, build=_classifier))
-register_task(Task("retrieval", read=_read_retrieval, build=_matcher))
+    register_task(
+        Task(_name, read=_read, build=_classifier, collate=head_collate(SequenceClassifier))
+    )
+register_task(
+    Task("retrieval", read=_read_retrieval, build=_matcher, collate=head_collate(TwoTowerMatcher))
+)
 
 
 # --- what the loop and the CLI call ---
 
 
-def load_split(train: TrainConfig, split: str) -> Dataset:
+def load_split(train: TrainSettings, split: str) -> Dataset:
     """The task's ``split`` (train / val / test) from ``train.data``."""
     check_split(split)
     return get_task(train.task).read(train, split)

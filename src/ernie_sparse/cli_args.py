@@ -1,0 +1,19 @@
+"""Command-line value types shared by every command (a neutral module: any layer's
+CLI may import it)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
