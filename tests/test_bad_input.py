@@ -155,3 +155,21 @@ def test_evaluation_batches_refuse_a_batch_size_below_one() -> None:
 
     with pytest.raises(ValueError, match="evaluation batch_size must be an integer >= 1, got 0"):
         next(batches([{"input_ids": None}], batch_size=0, world=init_world()))
+
+
+def test_evaluate_run_is_the_function_behind_the_command(finished, tmp_path, capsys) -> None:
+    from ernie_sparse.training.evaluate import evaluate_run
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    clean = evaluate_run(run, split="test", weights="final")
+    attacked = evaluate_run(run, split="test", roll=0)  # a roll of 0 keeps every token
+    assert attacked["accuracy"] == evaluate_run(run, split="test")["accuracy"]
+    assert json.loads((run / "eval-test-roll0.json").read_text())["attack"] == "roll=0"
+    assert json.loads((run / "eval-test.json").read_text())["weights"] == "best"
+    assert main(["evaluate", str(run), "--weights", "final"]) == 0
+    assert last_json(capsys.readouterr().out)["accuracy"] == clean["accuracy"]
+    with pytest.raises(ValueError, match=r"it contains '\.\.'"):
+        evaluate_run(run, weights="../copy/best.safetensors")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        evaluate_run(run, batch_size=0)

@@ -23,7 +23,7 @@ def test_names_are_the_documented_ones(tmp_path) -> None:
 def test_a_folder_that_is_not_a_run_is_refused_by_name(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such run folder"):
         RunDir(tmp_path / "absent").require_run()
-    with pytest.raises(FileNotFoundError, match="not a training run"):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
         RunDir(tmp_path).existing_weights("best")
 
 

@@ -79,3 +79,10 @@ def load_mapping(path: Path, *, what: str) -> dict[str, Any]:
         found = "empty" if values is None else f"a {type(values).__name__}"
         raise ValueError(f"{path}: expected {what}, found {found} (truncated?)")
     return values
+
+
+def same_path(left: object, right: object) -> bool:
+    """Whether two non-empty path strings (or Paths) name the same file or folder."""
+    if not (isinstance(left, str | Path) and isinstance(right, str | Path) and left and right):
+        return False
+    return Path(left).expanduser().resolve() == Path(right).expanduser().resolve()

@@ -7,14 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-from ..files import load_safetensors
 from ..models.config import parse_overrides
-from ..objectives.roll import TokenRoll
 from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
-from .distributed import init_world
+from .evaluate import evaluate_run
 from .loop import Run
 from .resume import apply_resume_changes, check_source
-from .tasks import get_task, validation_note
+from .run_dir import RunDir
 
 log = logging.getLogger("ernie_sparse.training")
 
@@ -55,7 +53,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """The run's config and the lines saying what a resume changes in it."""
-    saved = args.out / "config.yaml"
+    saved = RunDir(args.out).config
     if args.resume and saved.is_file():
         return resumed_config(args, saved)
     if bool(args.preset) == bool(args.config):
@@ -105,10 +103,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def same_path(left: str, right: str) -> bool:
-    return Path(left).expanduser().resolve() == Path(right).expanduser().resolve()
-
-
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -124,60 +118,32 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (config.yaml + weights)")
     parser.add_argument("--data", help="data folder or file (default: the run's train.data)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--weights", default="best.safetensors", help="file in the run dir")
+    parser.add_argument(
+        "--weights", default="best", help="best, final, or a weights file in the run folder"
+    )
     parser.add_argument("--attack", help="roll=K: the word-order-shift attack (section 5.2)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.set_defaults(run=run_evaluate)
 
 
-def parse_attack(text: str | None, num_global: int) -> TokenRoll | None:
+def parse_attack(text: str | None) -> int | None:
+    """``roll=K`` -> K (the word-order-shift attack rolls local tokens by K)."""
     if text is None:
         return None
     name, _, value = text.partition("=")
     if name != "roll" or not value.lstrip("-").isdigit():
         raise ValueError(f"--attack must look like roll=K (an integer K), got {text!r}")
-    # The word-order-shift attack (analysis.WordOrderShift) is this roll.
-    return TokenRoll(shift=int(value), num_global=num_global)
+    return int(value)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    config_path = args.run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not a run directory")
-    config = load_run_config(config_path)
-    same_data = not args.data or same_path(args.data, config.train.data)
-    note = validation_note(config.train) if same_data and args.split != "train" else ""
-    if args.data:
-        config.train.data = args.data
-    task = get_task(config.train.task)
-    dataset = task.read(config.train, args.split)
-    model = task.build(config.model, dataset.info)
-    weights = args.run_dir / args.weights
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no such weights file in the run directory")
-    try:
-        model.load_state_dict(load_safetensors(weights))
-    except RuntimeError as error:  # size mismatch, missing or unexpected keys
-        lines = [line.strip() for line in str(error).strip().splitlines()]
-        detail = " ".join(lines[1:3]) or lines[0]
-        raise ValueError(f"{weights} does not fit the model of {config_path} ({detail})") from None
-    if note:  # the run chose its best weights on the data evaluated here
-        log.warning("%s: %s", args.run_dir, note)
-    attack = parse_attack(args.attack, config.model.num_global)
-    world = init_world()
-    model.to(world.device)
-    metrics = task.evaluate(
-        model,
-        dataset,
+    result = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        data=args.data,
+        weights=args.weights,
+        roll=parse_attack(args.attack),
         batch_size=args.batch_size,
-        world=world,
-        collate=task.collate,
-        transform=attack,
     )
-    result = {"split": args.split, "attack": args.attack, "weights": args.weights, **metrics}
-    if note:
-        result["validation"] = note
-    suffix = f"-{args.attack.replace('=', '')}" if args.attack else ""
-    (args.run_dir / f"eval-{args.split}{suffix}.json").write_text(json.dumps(result) + "\n")
     print(json.dumps(result))
     return 0

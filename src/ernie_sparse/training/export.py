@@ -35,12 +35,10 @@ from ..data.tokenize import SPECIAL_NAMES, read_tokenizer_file
 from ..files import load_safetensors
 from ..models import MaskedLM, MultipleChoice, SequenceClassifier, SpanQA
 from ..models.convert import _check_out, copy_tokenizer
-from ..models.pretrained import is_run_directory
-from ..safety import inside
-from .config import RunConfig, load_run_config
+from .config import RunConfig
+from .run_dir import WEIGHTS, RunDir
 from .tasks import get_task
 
-WEIGHTS = {"best": "best.safetensors", "final": "model.safetensors"}
 # Native task model -> the name of its transformers class in models.hf.
 HF_CLASSES = (
     (SequenceClassifier, "ErnieSparseForSequenceClassification"),
@@ -117,9 +115,7 @@ def export_run(
         ) from error
 
     run_dir, out = Path(run_dir), Path(out)
-    if not is_run_directory(run_dir):
-        raise ValueError(f"{run_dir}: not a run directory (config.yaml without config.json)")
-    run = load_run_config(run_dir / "config.yaml")
+    run = RunDir(run_dir).load_config()
     native, weights_path = load_run_model(run_dir, run, weights=weights)
     class_name = hf_class_name(native, task=run.train.task)
     if onnx:  # refuse before writing anything
@@ -164,12 +160,7 @@ def load_run_model(run_dir: Path, run: RunConfig, *, weights: str) -> tuple[nn.M
     """The run's task model (as ``task.build`` makes it) with its ``weights`` loaded."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    path = inside(run_dir, WEIGHTS[weights])  # a symlink out of the run is refused
-    if not path.is_file():
-        other = next(name for name in WEIGHTS if name != weights)
-        raise FileNotFoundError(
-            f"{path}: the run has no {weights} weights (train it further, or --weights {other})"
-        )
+    path = RunDir(run_dir).weights_file(weights)  # a symlink out of the run is refused
     state = load_safetensors(path)
     classes = state.get("classifier.output.weight")
     info = QAInfo(

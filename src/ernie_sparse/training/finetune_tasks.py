@@ -50,6 +50,7 @@ from ..objectives.roll import TokenRoll
 from .config import TrainConfig
 from .distributed import World, all_sum
 from .evaluation import EVAL_SEED, Transform, eval_batches, eval_mode, evaluate_accuracy
+from .run_dir import RunDir
 from .tasks import Task, data_root, register_task
 
 
@@ -60,7 +61,7 @@ def tokenizer_path(train: TrainConfig) -> str:
         return train.tokenizer
     if train.init_from:
         source = Path(train.init_from)
-        run_config = source / "config.yaml"
+        run_config = RunDir(source).config
         if not (source / "tokenizer.json").is_file() and run_config.is_file():
             values = load_mapping(run_config, what="a run config with a train section")
             used = (values.get("train") or {}).get("tokenizer")

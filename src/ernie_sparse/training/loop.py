@@ -28,6 +28,7 @@ from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from .config import RunConfig
 from .distributed import all_mean, barrier, init_world
 from .progress import Progress
+from .run_dir import RunDir
 from .schedule import make_scheduler
 from .tasks import get_task, validation_note
 from .warm_start import warm_start
@@ -101,6 +102,7 @@ class Run:
         notes: Sequence[str] = (),
     ):
         self.config, self.out, self.quiet, self.notes = config, Path(out), quiet, tuple(notes)
+        self.run_dir = RunDir(self.out)
         self.world = init_world()
         train = config.train
         torch.manual_seed(train.seed)
@@ -168,7 +170,7 @@ class Run:
         source = info.far_token if info.far_token is not None and info.far_token < length else None
         found = encoder_reachability(self.module.encoder, length, source_token=source)
         record = {"input_len": length, **asdict(found), "line": found.describe()}
-        (self.out / "reachability.json").write_text(json.dumps(record, indent=1) + "\n")
+        self.run_dir.write_json(self.run_dir.reachability, record)
         if not self.quiet:
             print(f"{self.out.name}: {record['line']}", flush=True)
 
@@ -182,16 +184,14 @@ class Run:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.run_dir.checkpoint
 
     def _start(self, resume: bool) -> None:
         restart = resume and not self.checkpoint_path.is_file()
         if resume and not restart:
             self._restore(load_checkpoint(self.checkpoint_path))
             self._check_resumed_steps()
-        elif not resume and (
-            self.checkpoint_path.is_file() or (self.out / "metrics.jsonl").is_file()
-        ):
+        elif not resume and self.run_dir.has_progress():
             raise ValueError(f"{self.out} already holds a run; pass --resume or another --out")
         for line in self.notes:
             self._note(line)
@@ -200,9 +200,7 @@ class Run:
                 self._clear_unfinished_start()
             self.out.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-            temporary = self.out / "config.yaml.tmp"
-            temporary.write_text(text)
-            temporary.replace(self.out / "config.yaml")
+            self.run_dir.write_text(self.run_dir.config, text)
             self._trim_metrics()
         barrier(self.world)
 
@@ -214,9 +212,7 @@ class Run:
     def _clear_unfinished_start(self) -> None:
         """--resume on a run with no checkpoint yet (killed before or during its first
         checkpoint write): remove what the discarded start left and train from step 0."""
-        leftovers = ("checkpoint.pt.tmp", "metrics.jsonl", "best.safetensors")
-        leftovers += ("best.safetensors.tmp", "model.safetensors.tmp")
-        removed = [name for name in leftovers if (self.out / name).is_file()]
+        removed = [path.name for path in self.run_dir.unfinished_start()]
         for name in removed:
             (self.out / name).unlink()
         if removed:
@@ -240,26 +236,15 @@ class Run:
     def _trim_metrics(self) -> None:
         """Drop metrics written after the checkpoint (they will be written again), and a
         half-written last line (a kill mid-write) with a note."""
-        path = self.out / "metrics.jsonl"
-        if not path.is_file():
+        run = self.run_dir
+        if not run.metrics.is_file():
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-                step = record["step"]
-            except (ValueError, KeyError, TypeError):
-                if number < len(lines):
-                    raise ValueError(
-                        f"{path}: line {number} is not a metrics record ({line[:60]!r}); "
-                        "the file is corrupt"
-                    ) from None
-                self._note(f"dropped the half-written last line of metrics.jsonl ({line[:40]!r})")
-                continue
-            if step <= self.state.step:
-                kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        lines = [line for line in run.metrics.read_text().splitlines() if line.strip()]
+        records = run.read_metrics()  # a bad line before the last names the file and line
+        if len(records) < len(lines):
+            self._note(f"dropped the half-written last line of metrics.jsonl ({lines[-1][:40]!r})")
+        kept = [record for record in records if record["step"] <= self.state.step]
+        run.write_text(run.metrics, "".join(json.dumps(record) + "\n" for record in kept))
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         try:
@@ -268,7 +253,7 @@ class Run:
             first = str(error).strip().splitlines()
             detail = " ".join(line.strip() for line in first[1:3]) or first[0]
             raise ValueError(
-                f"{self.checkpoint_path} does not fit the model of {self.out / 'config.yaml'} "
+                f"{self.checkpoint_path} does not fit the model of {self.run_dir.config} "
                 f"({detail}); was config.yaml edited? Train with that config in another --out"
             ) from None
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -307,21 +292,22 @@ class Run:
         }
         atomic_save(checkpoint, self.checkpoint_path)
 
-    def _save_weights(self, name: str) -> None:
+    def _save_weights(self, which: str) -> None:
         if self.world.is_main:
             weights = {
                 k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()
             }
-            temporary = self.out / f"{name}.tmp"
+            path = self.run_dir.weights(which)
+            temporary = RunDir.temporary(path)
             save_file(weights, str(temporary))
-            temporary.replace(self.out / name)
+            temporary.replace(path)
 
     def _log(self, record: dict) -> None:
         evaluation = any(key.startswith("val_") for key in record)
         if evaluation and self.validation_note:
             record["validation"] = self.validation_note  # also in history and the final line
         if self.world.is_main:
-            with (self.out / "metrics.jsonl").open("a") as handle:
+            with self.run_dir.metrics.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             self._log_line(record, evaluation=evaluation)
         if self.tensorboard is not None:
@@ -374,7 +360,7 @@ class Run:
         progress.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        self._save_weights("model.safetensors")
+        self._save_weights("final")
         return self.state.history[-1] if self.state.history else {}
 
     def _optimizer_step(self) -> tuple[dict, int]:
@@ -452,7 +438,7 @@ class Run:
         if self.task.is_better(value, self.state.best_metric):
             self.state.best_metric = value
             self.state.evals_without_gain = 0
-            self._save_weights("best.safetensors")
+            self._save_weights("best")
         else:
             self.state.evals_without_gain += 1
             if train.patience and self.state.evals_without_gain >= train.patience:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..files import load_mapping
 from ..plotting import pyplot, save_figure
+from .run_dir import RunDir
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) of a run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a run directory (no metrics.jsonl)")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):  # a half-written last line (a kill mid-write) is left out
-                raise ValueError(f"{path}: line {number} is not a JSON record") from None
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
+        raise FileNotFoundError(f"{run.metrics}: not a run directory (no metrics.jsonl)")
+    records = run.read_metrics()  # a half-written last line (a kill mid-write) is left out
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_accuracy" in r]
     return train, evals
@@ -31,7 +23,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def passes_per_step(run_dir: Path) -> int:
     """2 when the run trained with SAOR, else 1 (runs from before ``nll`` was logged per
     pass summed both passes' NLL in it)."""
-    config = load_mapping(Path(run_dir) / "config.yaml", what="a run config")
+    config = RunDir(run_dir).config_values()
     return 2 if config["model"]["saor"]["alpha"] > 0 else 1
 
 

@@ -46,12 +46,12 @@ from ..data.errors import DataFormatError
 from ..data.qa import SpanQADataset, qa_split_file, read_json
 from ..models import SequenceClassifier, SpanQA
 from ..models.heads import IGNORE_INDEX
-from ..models.pretrained import is_run_directory
-from .config import RunConfig, TrainConfig, load_run_config
+from .config import RunConfig, TrainConfig
 from .distributed import World
 from .evaluation import Collate, eval_batches, eval_mode
-from .export import WEIGHTS, load_run_model, run_label_names
+from .export import load_run_model, run_label_names
 from .finetune_tasks import merge_windows, tokenizer_path
+from .run_dir import WEIGHTS, RunDir
 from .tasks import check_split, get_task
 
 # Tasks predict serves, by the kind of model their runs train.
@@ -177,9 +177,7 @@ def write_labels(
 
 def load_run(run_dir: Path) -> RunConfig:
     """The run's config, for a task predict serves."""
-    if not is_run_directory(run_dir):
-        raise ValueError(f"{run_dir}: not a run directory (config.yaml without config.json)")
-    run = load_run_config(run_dir / "config.yaml")
+    run = RunDir(run_dir).load_config()
     task = run.train.task
     if task not in CLASSIFICATION_TASKS + SPAN_QA_TASKS:
         raise ValueError(

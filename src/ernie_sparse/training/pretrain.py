@@ -21,6 +21,7 @@ from ..data.tokenize import Subword
 from ..models.config import parse_overrides
 from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
 from .resume import apply_resume_changes
+from .run_dir import RunDir
 
 log = logging.getLogger("ernie_sparse.training")
 DEFAULT_CONFIG = "pretrain/mlm-tiny"  # from scratch
@@ -57,7 +58,7 @@ def pretrain_config(args: argparse.Namespace) -> RunConfig:
 
 def pretrain_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """The run's config and the lines saying what a resume changes in it."""
-    saved = args.out / "config.yaml"
+    saved = RunDir(args.out).config
     if args.resume and saved.is_file():  # what a resume may change: training/resume.py
         flags = {"data": str(args.corpus), "max_steps": args.max_steps}
         flags.update(init_from=args.init_from, tokenizer=args.tokenizer)

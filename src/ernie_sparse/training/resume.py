@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..files import same_path
 from .config import RunConfig, find_preset, merge_values, preset_values, resolve
 
 RESUMABLE = {
@@ -54,16 +55,10 @@ def differences(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
     changed = {}
     for key in sorted((set(before) | set(after)) - {"source"}):
         left, right = before.get(key), after.get(key)
-        if left == right or (key in PATH_FIELDS and _same_path(left, right)):
+        if left == right or (key in PATH_FIELDS and same_path(left, right)):
             continue
         changed[key] = (left, right)
     return changed
-
-
-def _same_path(left: Any, right: Any) -> bool:
-    if not (isinstance(left, str) and isinstance(right, str) and left and right):
-        return False
-    return Path(left).expanduser().resolve() == Path(right).expanduser().resolve()
 
 
 def apply_resume_changes(

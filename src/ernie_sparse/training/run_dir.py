@@ -21,7 +21,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import load_yaml
+from torch import nn
+
+from ..files import load_safetensors, load_yaml
+from ..safety import inside
 from .config import RunConfig, load_run_config
 
 WEIGHTS = {"best": "best.safetensors", "final": "model.safetensors"}
@@ -59,7 +62,7 @@ class RunDir:
         return self.path / WEIGHTS[which]
 
     def eval_result(self, split: str, roll: int | None = None) -> Path:
-        return self.path / f"eval-{split}{f'-roll{roll}' if roll else ''}.json"
+        return self.path / f"eval-{split}{'' if roll is None else f'-roll{roll}'}.json"
 
     @staticmethod
     def temporary(path: Path) -> Path:
@@ -82,7 +85,7 @@ class RunDir:
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: no such run folder")
         if not self.is_run():
-            raise FileNotFoundError(f"{self.path}: not a training run (no config.yaml)")
+            raise FileNotFoundError(f"{self.path}: not a run directory (no config.yaml)")
 
     def existing_weights(self, which: str) -> Path:
         """The ``best`` or ``final`` weights file, refused by name when it is missing."""
@@ -91,6 +94,30 @@ class RunDir:
         if not path.is_file():
             state = "finished" if self.is_finished() else "not finished (resume it)"
             raise FileNotFoundError(f"{path}: no {which} weights; the run is {state}")
+        return path
+
+    def weights_file(self, weights: str) -> Path:
+        """``best`` or ``final``, or the name of a weights file inside the run folder (a
+        name or symlink leading outside it is refused)."""
+        if weights in WEIGHTS:
+            self.existing_weights(weights)  # missing: says whether the run finished
+        else:
+            self.require_run()
+        path = inside(self.path, WEIGHTS.get(weights, weights))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such weights file in the run folder")
+        return path
+
+    def load_weights_into(self, model: nn.Module, weights: str = "best") -> Path:
+        """Load the run's ``weights`` into ``model``; a file that does not fit the model
+        is refused naming both files."""
+        path = self.weights_file(weights)
+        try:
+            model.load_state_dict(load_safetensors(path))
+        except RuntimeError as error:  # size mismatch, missing or unexpected keys
+            lines = [line.strip() for line in str(error).strip().splitlines()]
+            detail = " ".join(lines[1:3]) or lines[0]
+            raise ValueError(f"{path} does not fit the model of {self.config} ({detail})") from None
         return path
 
     def unfinished_start(self) -> list[Path]:

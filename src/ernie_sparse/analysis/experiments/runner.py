@@ -14,9 +14,7 @@ that was killed resumes from its checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
 import os
 import socket
@@ -29,17 +27,15 @@ import yaml
 
 from ...data.listops import generate_listops
 from ...data.probes import ProbeSpec, generate_probe
-from ...training.cli import add_evaluate_arguments
 from ...training.config import RunConfig
+from ...training.evaluate import evaluate_run
 from ...training.loop import Run
+from ...training.run_dir import RunDir
 from ..route_gradient import initial_route_gradient
 from .spec import PROBE_TASKS, Cell, ExperimentSpec
 
 RESULT = "result.json"
 SOLVED = 0.95  # validation accuracy at which a probe counts as learned
-FINAL_WEIGHTS = "model.safetensors"
-# Files the loop writes before its first checkpoint; a run killed then starts afresh.
-PARTIAL_FILES = ("metrics.jsonl", "config.yaml", "best.safetensors", "checkpoint.pt.tmp")
 
 
 def run_dir(folder: Path, cell: Cell, seed: int) -> Path:
@@ -47,7 +43,7 @@ def run_dir(folder: Path, cell: Cell, seed: int) -> Path:
 
 
 def is_done(directory: Path) -> bool:
-    return (directory / FINAL_WEIGHTS).is_file() and (directory / RESULT).is_file()
+    return RunDir(directory).is_finished() and (directory / RESULT).is_file()
 
 
 def host_id() -> str:
@@ -239,10 +235,10 @@ def unfinished_runs(spec: ExperimentSpec, folder: Path) -> list[str]:
 
 def check_same_config(directory: Path, config: RunConfig) -> None:
     """Refuse to continue a run that was started with other settings."""
-    path = directory / "config.yaml"
-    if not (directory / "checkpoint.pt").is_file() or not path.is_file():
+    run = RunDir(directory)
+    if not run.checkpoint.is_file() or not run.is_run():
         return
-    saved = yaml.safe_load(path.read_text())
+    saved = run.config_values()
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if saved != wanted:
         changed = _differences(saved, wanted)
@@ -279,10 +275,11 @@ def run_one(
             return "done"
         config = spec.run_config(cell, seed)
         check_same_config(directory, config)
-        resume = (directory / "checkpoint.pt").is_file()
-        if not resume:
-            for name in PARTIAL_FILES:
-                (directory / name).unlink(missing_ok=True)
+        run = RunDir(directory)
+        resume = run.checkpoint.is_file()
+        if not resume:  # killed before its first checkpoint: start afresh
+            for path in [*run.unfinished_start(), run.config]:
+                path.unlink(missing_ok=True)
         at_init = initial_route_gradient(config) if spec.kind == "hst-route" else None
         started = time.perf_counter()
         final = Run(config, directory, resume=resume, quiet=quiet).train()
@@ -297,7 +294,7 @@ def run_one(
             "resumed": resume,
             "steps": final_step(directory),
             "solved_at": first_step_reaching(directory, SOLVED),
-            "reachability": json.loads((directory / "reachability.json").read_text()),
+            "reachability": json.loads(run.reachability.read_text()),
         }
         if at_init is not None:
             result["route_gradient_at_init"] = at_init
@@ -306,17 +303,14 @@ def run_one(
                 str(roll): evaluate_test_accuracy(directory, roll=roll)
                 for roll in spec.attack_rolls
             }
-        temporary = directory / f"{RESULT}.tmp"
-        temporary.write_text(json.dumps(result) + "\n")
-        temporary.replace(directory / RESULT)
+        run.write_text(directory / RESULT, json.dumps(result) + "\n")
         return "ran"
     finally:
         lock.release()
 
 
 def _metrics(directory: Path) -> list[dict]:
-    lines = (directory / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line]
+    return RunDir(directory).read_metrics()
 
 
 def final_step(directory: Path) -> int:
@@ -332,16 +326,9 @@ def first_step_reaching(directory: Path, accuracy: float) -> int | None:
 
 
 def evaluate_test_accuracy(directory: Path, *, roll: int | None = None) -> float:
-    """Test accuracy of the run's best weights (``ernie-sparse evaluate``), optionally under
-    the word-order-shift attack."""
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    argv = [str(directory), "--split", "test", *([f"--attack=roll={roll}"] if roll else [])]
-    args = parser.parse_args(argv)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints its JSON; we read the file
-        args.run(args)
-    suffix = f"-roll{roll}" if roll else ""
-    return json.loads((directory / f"eval-test{suffix}.json").read_text())["accuracy"]
+    """Test accuracy of the run's best weights, optionally under the word-order-shift
+    attack (also written to the run's eval-test[-rollK].json)."""
+    return evaluate_run(directory, split="test", roll=roll)["accuracy"]
 
 
 def work(spec: ExperimentSpec, folder: Path, *, quiet: bool = True, log=print) -> dict[str, int]:
