@@ -268,6 +268,33 @@ def test_custom_op_passes_opcheck() -> None:
         )
 
 
+@needs_kernel
+def test_the_op_compiles_in_one_graph_forward_and_backward() -> None:
+    """torch.compile sees one opaque op (fake implementation + autograd formula): the
+    whole function, q/k/v projections included, is one graph with equal results."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 16, generator=gen)
+    weight = torch.randn(48, 16, generator=gen, requires_grad=True)
+    layout = random_layout(2, 3, 0.6, gen)
+    row_offsets, cols = layout_csr(layout)
+    key_valid = F.pad(padding_mask([40, 29], 40), (0, 8), value=False)  # padded to 3 blocks
+
+    def attend(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        q, k, v = (x @ weight.T).view(2, 40, 3, 2, 8).permute(2, 0, 3, 1, 4)  # 3 x [B, H, N, D]
+        q, k, v = (F.pad(t, (0, 0, 0, 8)) for t in (q, k, v))  # N = 48: whole blocks
+        out, _ = fused_module.fused_block_sparse_attention(
+            q, k, v, row_offsets, cols, key_valid, 16, 8**-0.5
+        )
+        return out[:, :, :40].square().sum()
+
+    explained = torch._dynamo.explain(attend)(x, weight)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    expected = torch.autograd.grad(attend(x, weight), weight)[0]
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(x, weight), weight)[0]
+    torch.testing.assert_close(got, expected, **F32)
+
+
 def test_layout_csr_lists_each_rows_blocks_in_order() -> None:
     gen = torch.Generator().manual_seed(0)
     layout = random_layout(2, 6, 0.4, gen)
