@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ernie_sparse.analysis.plot import training_nll
 from ernie_sparse.cli import main
 from ernie_sparse.training.config import preset_values, resolve
 from ernie_sparse.training.loop import Run
-from ernie_sparse.training.plot import training_nll
 from ernie_sparse.training.tasks import get_task, task_names
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]

@@ -21,11 +21,11 @@ from ernie_sparse.data.corpus import find_text_files, read_corpus, train_tokeniz
 from ernie_sparse.data.qa import read_span_qa, read_wikihop
 from ernie_sparse.data.tokenize import Subword
 from ernie_sparse.models import MaskedLM, SpanQA, preset
-from ernie_sparse.models.heads import TaskOutput, nll_loss
+from ernie_sparse.models.heads import CandidateChoice, TaskOutput, nll_loss
 from ernie_sparse.objectives import roll_local_tokens, saor_forward, saor_loss
 from ernie_sparse.training.config import preset_values, resolve
 from ernie_sparse.training.distributed import World
-from ernie_sparse.training.finetune_tasks import CandidateChoice, choice_collate, span_collate
+from ernie_sparse.training.finetune_tasks import choice_collate, span_collate
 from ernie_sparse.training.loop import Run
 from ernie_sparse.training.tasks import get_task
 

@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain.add_arguments(commands.add_parser("pretrain", help="masked-LM pretraining"))
     add_evaluate_arguments(commands.add_parser("evaluate", help="evaluate a trained run"))
-    from .analysis import demo
-    from .training import plot
+    from .analysis import demo, plot
 
     plot.add_arguments(commands.add_parser("plot", help="loss and accuracy curves of runs"))
     demo.add_arguments(

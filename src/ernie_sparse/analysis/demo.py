@@ -17,10 +17,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ..training.plot import plot_runs
 from .experiments import make_spec, spawn_workers, work, write_report
 from .experiments.report import cell_summaries, collect, reach_text, solved_text
 from .experiments.runner import ensure_data, run_dir
+from .plot import plot_runs
 
 TASK = "probe-copy-far"
 PATTERNS = ("window", "bigbird-1", "bigbird")

@@ -325,6 +325,31 @@ class MultipleChoice(nn.Module):
         return TaskOutput(logits, nll_loss(logits, labels), encoded)
 
 
+class CandidateChoice(MultipleChoice):
+    """MultipleChoice whose examples have different numbers of candidates: ``choice_mask``
+    [B, C] is False at filler choices, whose logits get the lowest value (never chosen,
+    no probability, no loss)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        choice_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TaskOutput:
+        out = super().forward(input_ids, attention_mask, token_type_ids)
+        logits = self.mask_choices(out.logits, choice_mask)
+        return TaskOutput(logits, nll_loss(logits, labels), out.encoder)
+
+    @staticmethod
+    def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, C] logits with the lowest value at filler choices (choice_mask False)."""
+        if choice_mask is None:
+            return logits
+        return logits.masked_fill(~choice_mask.bool(), torch.finfo(logits.dtype).min)
+
+
 TASKS: dict[str, type[nn.Module]] = {
     "classification": SequenceClassifier,
     "matching": TwoTowerMatcher,

@@ -39,11 +39,10 @@ from ..files import load_mapping
 from ..models import ModelConfig
 from ..models.heads import (
     IGNORE_INDEX,
+    CandidateChoice,
     MaskedLM,
-    MultipleChoice,
     SequenceClassifier,
     SpanQA,
-    TaskOutput,
     nll_loss,
 )
 from ..objectives.roll import TokenRoll
@@ -310,31 +309,6 @@ def _read_wikihop(train: TrainConfig, split: str) -> ChoiceDataset:
         max_length=train.max_length,
         num_global=train.global_prefix,
     )
-
-
-class CandidateChoice(MultipleChoice):
-    """MultipleChoice whose examples have different numbers of candidates: ``choice_mask``
-    [B, C] is False at filler choices, whose logits get the lowest value (never chosen,
-    no probability, no loss)."""
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        choice_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> TaskOutput:
-        out = super().forward(input_ids, attention_mask, token_type_ids)
-        logits = self.mask_choices(out.logits, choice_mask)
-        return TaskOutput(logits, nll_loss(logits, labels), out.encoder)
-
-    @staticmethod
-    def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, C] logits with the lowest value at filler choices (choice_mask False)."""
-        if choice_mask is None:
-            return logits
-        return logits.masked_fill(~choice_mask.bool(), torch.finfo(logits.dtype).min)
 
 
 def _choice_model(config: ModelConfig, info: TaskInfo) -> nn.Module:

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from ...plotting import pyplot, save_figure
-from ...training.plot import plot_runs
+from ..plot import plot_runs
 from .runner import RESULT, is_done, run_dir
 from .spec import (
     PAPER_TABLE5,

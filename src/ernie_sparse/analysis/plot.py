@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..plotting import pyplot, save_figure
-from .run_dir import RunDir
+from ..training.run_dir import RunDir
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
