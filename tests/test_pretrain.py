@@ -108,14 +108,15 @@ def test_pretrain_learns_and_resumes_exactly(tmp_path, corpus, monkeypatch) -> N
     # the run directory is itself a warm start: its best weights, MLM head included
     from safetensors.torch import load_file
 
-    from ernie_sparse.models.pretrained import load_encoder, read_checkpoint
+    from ernie_sparse.training.warm_start import read_source_checkpoint, read_source_config
 
     best = load_file(str(whole / "best.safetensors"))
-    model_config, encoder = load_encoder(whole)
-    assert model_config.to_dict() == config["model"]
+    assert read_source_config(whole).to_dict() == config["model"]
+    checkpoint = read_source_checkpoint(whole)
+    encoder = checkpoint.encoder
     assert set(encoder) == {k.removeprefix("encoder.") for k in best if k.startswith("encoder.")}
     assert all(torch.equal(v, best[f"encoder.{k}"]) for k, v in encoder.items())
-    head = read_checkpoint(whole).mlm_head
+    head = checkpoint.mlm_head
     assert torch.equal(head["transform.weight"], best["transform.weight"])
 
 

@@ -191,6 +191,7 @@ def test_a_batch_larger_than_the_training_split_is_refused(tmp_path, small_listo
 
 def test_truncated_weights_configs_and_metrics_name_the_file(tmp_path, finished, capsys) -> None:
     from ernie_sparse.models.pretrained import load_encoder
+    from ernie_sparse.training.warm_start import read_source_checkpoint
 
     out = copy_run(finished, tmp_path)
     best = out / "best.safetensors"
@@ -199,7 +200,7 @@ def test_truncated_weights_configs_and_metrics_name_the_file(tmp_path, finished,
     assert main(["evaluate", str(out)]) == 2
     assert f"{best}: not a readable safetensors file" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"best\.safetensors: not a readable safetensors"):
-        load_encoder(out)
+        read_source_checkpoint(out)  # a run folder as train.init_from
     config = out / "config.yaml"
     text = config.read_text()
     config.write_text(text[: text.index("pattern_params")] + "pattern_params: {window: [1,")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,13 @@ def test_train_refuses_to_overwrite_and_evaluate_prints_json(tmp_path, listops_d
 @pytest.mark.skipif(
     not Path(sys.executable).with_name("torchrun").exists(), reason="no torchrun beside python"
 )
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one may be taken or in TIME_WAIT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
     config = write_config(tmp_path / "run.yaml", listops_dir, max_steps=10, eval_every=5)
     values = yaml.safe_load(config.read_text())
@@ -156,7 +164,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_command(config, single), check=True, capture_output=True)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000)]
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
     command += train_command(config, double)[1:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, capture_output=True, env=env)

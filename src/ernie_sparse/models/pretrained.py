@@ -34,14 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import load_json, load_safetensors, load_yaml
+from ..files import load_json, load_safetensors
 from ..safety import OutsideFolderError, inside, torch_load_weights_only
 from .config import ModelConfig
 from .encoder import Encoder
 from .heads import MaskedLM
 
 HF_MODEL_TYPES = ("bert", "roberta")
-RUN_WEIGHTS = ("best.safetensors", "model.safetensors")  # in a run directory, first found wins
 ERNIE_SPARSE_MODEL_TYPE = "ernie_sparse"
 # Hugging Face hidden_act -> our activation.
 HF_ACTIVATIONS = {
@@ -237,10 +236,6 @@ def copy_attention_to_hierarchical(encoder: Encoder, *, missing: Collection[str]
 def read_checkpoint(directory: str | Path, **model_overrides: Any) -> Checkpoint:
     """The whole checkpoint in our terms, overrides applied (see ``load_encoder``)."""
     directory = Path(directory)
-    if is_run_directory(directory):
-        checkpoint = _from_run(directory)
-        _check_shapes(checkpoint, directory)
-        return apply_overrides(checkpoint, model_overrides)
     hf_config = read_config(directory)
     model_type = _model_type(hf_config, directory)
     if model_type == ERNIE_SPARSE_MODEL_TYPE:
@@ -257,16 +252,32 @@ def read_checkpoint_config(directory: str | Path, **model_overrides: Any) -> Mod
     ``read_checkpoint(directory, **model_overrides).config``, from its config file
     alone (config.json, or a run's config.yaml): the weights are not read."""
     directory = Path(directory)
-    if is_run_directory(directory):
-        config = ModelConfig.from_dict(_run_model_section(directory))
+    hf_config = read_config(directory)
+    model_type = _model_type(hf_config, directory)
+    if model_type == ERNIE_SPARSE_MODEL_TYPE:
+        config = _ernie_sparse_config(hf_config, directory)
     else:
-        hf_config = read_config(directory)
-        model_type = _model_type(hf_config, directory)
-        if model_type == ERNIE_SPARSE_MODEL_TYPE:
-            config = _ernie_sparse_config(hf_config, directory)
-        else:
-            config = bert_like_config(hf_config, source=model_type)
+        config = bert_like_config(hf_config, source=model_type)
     return override_config(config, model_overrides)
+
+
+def checkpoint_from_state(
+    model_section: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    *,
+    is_mlm: bool,
+    source: Path,
+    **model_overrides: Any,
+) -> Checkpoint:
+    """A checkpoint from our own model config (``ModelConfig`` values) and state dict, as
+    a training run holds them (``training.warm_start`` reads the run folder)."""
+    hf_config = {
+        "model": model_section,
+        "architectures": ["ErnieSparseForMaskedLM"] if is_mlm else [],
+    }
+    checkpoint = _from_ernie_sparse(hf_config, weights, source)
+    _check_shapes(checkpoint, source)
+    return apply_overrides(checkpoint, model_overrides)
 
 
 def _model_type(hf_config: dict[str, Any], directory: Path) -> str:
@@ -279,46 +290,16 @@ def _model_type(hf_config: dict[str, Any], directory: Path) -> str:
     return model_type
 
 
-def is_run_directory(directory: Path) -> bool:
-    """A training run's folder (``ernie-sparse train`` / ``pretrain``), not a HF checkpoint."""
-    return (directory / "config.yaml").is_file() and not (directory / "config.json").is_file()
-
-
-def _from_run(directory: Path) -> Checkpoint:
-    """A run's best weights (else its final ones) and the model section of its config."""
-    run = _run_config(directory)
-    weights_path = next(
-        (directory / name for name in RUN_WEIGHTS if (directory / name).is_file()), None
-    )
-    if weights_path is None:
-        raise FileNotFoundError(
-            f"{directory}: the run has no {' or '.join(RUN_WEIGHTS)} yet (train it first)"
-        )
-    is_mlm = run.get("train", {}).get("task") == "mlm"
-    hf_config = {
-        "model": run["model"],
-        "architectures": ["ErnieSparseForMaskedLM"] if is_mlm else [],
-    }
-    return _from_ernie_sparse(hf_config, load_safetensors(weights_path), directory)
-
-
-def _run_config(directory: Path) -> dict[str, Any]:
-    run = load_yaml(directory / "config.yaml")
-    if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
-        raise ValueError(f"{directory}/config.yaml: no model section (not a run directory)")
-    return run
-
-
-def _run_model_section(directory: Path) -> dict[str, Any]:
-    return _run_config(directory)["model"]
-
-
 def read_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
     if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (not a Hugging Face checkpoint)")
+        raise FileNotFoundError(
+            f"{directory}: no config.json (not a Hugging Face checkpoint; a training run's "
+            "folder is exported with `ernie-sparse export RUN --out DIR`, or warm-starts a "
+            "run directly through train.init_from)"
+        )
     return load_json(path)
 
 

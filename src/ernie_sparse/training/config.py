@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..files import load_mapping, load_yaml
 from ..models import ModelConfig, preset
 from ..models.config import _check_choice, _check_positive, build_dataclass
+from .run_dir import RunDir
 from .tasks import get_task
 from .warm_start import warm_start_config
 
@@ -173,6 +174,13 @@ def find_preset(name: str) -> Path:
         for p in folder.rglob("*.yaml")
     )
     raise ValueError(f"unknown preset {name!r}; known: {', '.join(dict.fromkeys(known))}")
+
+
+def load_run(run_dir: str | Path) -> RunConfig:
+    """The saved RunConfig of the run folder ``run_dir`` (refused by name if it is none)."""
+    run = RunDir(run_dir)
+    run.require_run()
+    return load_run_config(run.config)
 
 
 def load_run_config(path: Path) -> RunConfig:

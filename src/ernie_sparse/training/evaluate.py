@@ -9,6 +9,7 @@ from typing import Any
 
 from ..files import same_path
 from ..objectives.roll import TokenRoll
+from .config import load_run
 from .distributed import init_world
 from .run_dir import RunDir
 from .tasks import get_task, validation_note
@@ -31,7 +32,7 @@ def evaluate_run(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     run = RunDir(run_dir)
-    config = run.load_config()
+    config = load_run(run.path)
     same_data = not data or same_path(data, config.train.data)
     note = validation_note(config.train) if same_data and split != "train" else ""
     if data:

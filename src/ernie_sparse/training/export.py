@@ -35,7 +35,7 @@ from ..data.tokenize import SPECIAL_NAMES, read_tokenizer_file
 from ..files import load_safetensors
 from ..models import MaskedLM, MultipleChoice, SequenceClassifier, SpanQA
 from ..models.convert import _check_out, copy_tokenizer
-from .config import RunConfig
+from .config import RunConfig, load_run
 from .run_dir import WEIGHTS, RunDir
 from .tasks import get_task
 
@@ -115,7 +115,7 @@ def export_run(
         ) from error
 
     run_dir, out = Path(run_dir), Path(out)
-    run = RunDir(run_dir).load_config()
+    run = load_run(run_dir)
     native, weights_path = load_run_model(run_dir, run, weights=weights)
     class_name = hf_class_name(native, task=run.train.task)
     if onnx:  # refuse before writing anything

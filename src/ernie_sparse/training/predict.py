@@ -47,11 +47,12 @@ from ..data.qa import SpanQADataset, qa_split_file, read_json
 from ..models import SequenceClassifier, SpanQA
 from ..models.heads import IGNORE_INDEX
 from .config import RunConfig, TrainConfig
+from .config import load_run as load_run_config_of
 from .distributed import World
 from .evaluation import Collate, eval_batches, eval_mode
 from .export import load_run_model, run_label_names
 from .finetune_tasks import merge_windows, tokenizer_path
-from .run_dir import WEIGHTS, RunDir
+from .run_dir import WEIGHTS
 from .tasks import check_split, get_task
 
 # Tasks predict serves, by the kind of model their runs train.
@@ -177,7 +178,7 @@ def write_labels(
 
 def load_run(run_dir: Path) -> RunConfig:
     """The run's config, for a task predict serves."""
-    run = RunDir(run_dir).load_config()
+    run = load_run_config_of(run_dir)
     task = run.train.task
     if task not in CLASSIFICATION_TASKS + SPAN_QA_TASKS:
         raise ValueError(

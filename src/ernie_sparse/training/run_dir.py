@@ -25,7 +25,6 @@ from torch import nn
 
 from ..files import load_safetensors, load_yaml
 from ..safety import inside
-from .config import RunConfig, load_run_config
 
 WEIGHTS = {"best": "best.safetensors", "final": "model.safetensors"}
 
@@ -127,11 +126,6 @@ class RunDir:
         return [self.path / name for name in names if (self.path / name).is_file()]
 
     # --- reading and writing ---
-
-    def load_config(self) -> RunConfig:
-        """The run's saved RunConfig (a corrupt or stale file names itself)."""
-        self.require_run()
-        return load_run_config(self.config)
 
     def config_values(self) -> dict:
         """The saved config as plain values, for readers that need no RunConfig."""

@@ -24,17 +24,21 @@ from typing import Any
 
 from torch import nn
 
+from ..files import load_safetensors
 from ..models import ModelConfig, preset
 from ..models.presets import PRESETS
 from ..models.pretrained import (
     EXPECTED_UNUSED,
     FIXED_FIELDS,
+    Checkpoint,
     Loaded,
+    checkpoint_from_state,
     load_checkpoint_into,
     override_config,
     read_checkpoint,
     read_checkpoint_config,
 )
+from .run_dir import RunDir
 
 log = logging.getLogger("ernie_sparse.training")
 HST_POLICY = "copy"  # hierarchical attention the checkpoint lacks: a copy of the sparse one
@@ -52,7 +56,7 @@ def warm_start_config(
     value (so a preset file can spell out RoBERTa-base's sizes); a different value is
     an error naming it.
     """
-    base = read_checkpoint_config(directory)
+    base = read_source_config(directory)
     differ = [
         f"model.{key}={model_values[key]!r} (checkpoint: {getattr(base, key)!r})"
         for key in FIXED_FIELDS
@@ -77,7 +81,7 @@ def warm_start(module: nn.Module, directory: str | Path, config: ModelConfig) ->
     ``config``, which :func:`warm_start_config` resolved from it); its weights are read
     once. Logs what was loaded, copied and left as initialized."""
     overrides = {k: v for k, v in config.to_dict().items() if k not in FIXED_FIELDS}
-    checkpoint = read_checkpoint(directory, **overrides)
+    checkpoint = read_source_checkpoint(directory, **overrides)
     if checkpoint.config != config:
         raise ValueError(
             f"{directory}: the checkpoint no longer matches this run's model config "
@@ -96,3 +100,34 @@ def warm_start(module: nn.Module, directory: str | Path, config: ModelConfig) ->
     if unused:
         log.warning("warm start: checkpoint tensors this model lacks: %s", ", ".join(unused))
     return loaded
+
+
+def _run_folder(directory: str | Path) -> RunDir | None:
+    """The training run in ``directory``, or None for a Hugging Face / converted folder."""
+    run = RunDir(directory)
+    return run if run.is_run() and not (run.path / "config.json").is_file() else None
+
+
+def read_source_config(directory: str | Path) -> ModelConfig:
+    """The checkpoint's model config from its config file alone (weights not read)."""
+    run = _run_folder(directory)
+    if run is None:
+        return read_checkpoint_config(directory)
+    return ModelConfig.from_dict(run.config_values()["model"])
+
+
+def read_source_checkpoint(directory: str | Path, **overrides: Any) -> Checkpoint:
+    """The checkpoint in ``directory``: a HF / converted folder, or a training run's best
+    weights (else its final ones) with the model section of its config."""
+    run = _run_folder(directory)
+    if run is None:
+        return read_checkpoint(directory, **overrides)
+    values = run.config_values()
+    weights = next((run.weights(w) for w in ("best", "final") if run.weights(w).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{run.path}: the run has no weights yet (train it first)")
+    is_mlm = values.get("train", {}).get("task") == "mlm"
+    state = load_safetensors(weights)
+    return checkpoint_from_state(
+        values["model"], state, is_mlm=is_mlm, source=run.path, **overrides
+    )
