@@ -173,3 +173,21 @@ def test_evaluate_run_is_the_function_behind_the_command(finished, tmp_path, cap
         evaluate_run(run, weights="../copy/best.safetensors")
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         evaluate_run(run, batch_size=0)
+
+
+def test_saved_paths_are_absolute(tmp_path, monkeypatch) -> None:
+    from ernie_sparse.models import preset
+    from ernie_sparse.training.config import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    train = TrainConfig(data="data/x", init_from="runs/mlm", tokenizer="tok/tokenizer.json")
+    saved = RunConfig(model=preset("ernie-sparse", vocab_size=64), train=train).to_dict()["train"]
+    assert saved["data"] == str(tmp_path / "data" / "x")
+    assert saved["init_from"] == str(tmp_path / "runs" / "mlm")
+    assert saved["tokenizer"] == str(tmp_path / "tok" / "tokenizer.json")
+    assert (
+        RunConfig(model=preset("ernie-sparse", vocab_size=64), train=TrainConfig()).to_dict()[
+            "train"
+        ]["init_from"]
+        == ""
+    )  # empty stays empty

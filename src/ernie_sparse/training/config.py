@@ -135,7 +135,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         values = {"source": self.source} if self.source else {}  # absent when none
         train = dataclasses.asdict(self.train)
-        train["data"] = absolute_path(train["data"])  # the run folder works from any cwd
+        for key in ("data", "init_from", "tokenizer"):  # the run folder works from any cwd
+            train[key] = absolute_path(train[key])
         return {
             **values,
             "model_preset": self.model_preset,
