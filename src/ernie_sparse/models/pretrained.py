@@ -1,16 +1,16 @@
 """Warm start from BERT / RoBERTa: read a Hugging Face checkpoint into our modules.
 
 ``load_encoder(directory, **overrides)`` reads a BERT or RoBERTa checkpoint
-directory (config.json + model.safetensors or pytorch_model.bin, sharded or not),
-a directory written by ``ernie-sparse convert`` / ``save_pretrained``, or a run
-directory of ``ernie-sparse train`` / ``pretrain`` (its best weights), and
+directory (config.json + model.safetensors or pytorch_model.bin, sharded or not)
+or a directory written by ``ernie-sparse convert`` / ``save_pretrained``, and
 returns our ``ModelConfig`` and a state dict for ``Encoder``. No transformers
 import is needed. Weights our encoder has and the checkpoint lacks (HST's
 hierarchical attention, the representative embedding) are simply absent from the
 state dict, so ``encoder.load_state_dict(sd, strict=False)`` reports them.
 
 ``load_checkpoint_into(head, checkpoint)`` is the one way a checkpoint goes into a
-task head (``load_pretrained_head`` here, ``training.warm_start`` for runs): the
+task head (``load_pretrained_head`` here, ``training.warm_start`` for runs, which
+also reads a training run's folder and hands it over as ``checkpoint_from_state``): the
 encoder, a masked LM's head, and the HST policy (hierarchical attention the
 checkpoint lacks copied from its layer's sparse attention, as ``convert`` does).
 ``read_checkpoint_config`` reads a checkpoint's config without its weights.
