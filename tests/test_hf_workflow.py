@@ -226,7 +226,7 @@ def test_attn_implementation_selects_our_backend(tmp_path):
     ids = torch.randint(0, 50, (2, 30))
     with torch.no_grad():
         expected = model(ids).last_hidden_state
-    for backend in ("reference", "blocked"):
+    for backend in ("reference", "blocked", "fused"):
         loaded = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=backend)
         assert loaded.encoder.config.attention_backend == backend
         assert loaded.config.model["attention_backend"] == backend  # saved with the model

@@ -32,7 +32,7 @@ Hugging Face conventions (so ``Trainer`` and ``pipeline`` work):
   model has no loss and ignores it.
 - ``attn_implementation`` (``from_pretrained(..., attn_implementation="blocked")``,
   ``set_attn_implementation``) picks ``ModelConfig.attention_backend``: one of
-  ``auto``, ``reference``, ``blocked``, ``flex``; anything else (``eager``,
+  ``auto``, ``reference``, ``blocked``, ``flex``, ``fused``; anything else (``eager``,
   ``sdpa``, ``flash_attention_2``: dense attention) is refused, never swapped in.
 - ``gradient_checkpointing_enable()`` / ``activation_checkpointing_enable()`` set
   ``Encoder.gradient_checkpointing`` (each sparse layer recomputed in backward,
