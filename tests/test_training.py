@@ -167,7 +167,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
     command = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())]
     command += train_command(config, double)[1:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, check=True, capture_output=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]  # the ranks' tracebacks, if they failed
     one, two = records(single), records(double)
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two, strict=True):

@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, TypeError, OSError) as error:
             print(f"ernie-sparse: error: {error}", file=sys.stderr)
             return 2
+        finally:
+            from .training.distributed import close_world
+
+            close_world()
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except BrokenPipeError:  # `ernie-sparse ... | head`: the reader has all it wanted

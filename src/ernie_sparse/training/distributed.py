@@ -35,6 +35,13 @@ def init_world() -> World:
     return World(rank=rank, size=size, device=device)
 
 
+def close_world() -> None:
+    """Tear the process group down before the interpreter exits: a gloo group left to the
+    exit handlers can abort a rank ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_mean(value: float, world: World) -> float:
     if world.size == 1:
         return value
