@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import test_attention as attention_tests
 import torch
+from test_attention import padding_mask, random_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -34,22 +36,10 @@ TRAINING_BACKENDS = [
 ]
 
 
-def random_inputs(shape, *, generator, dtype=torch.float64, count=3):
-    return [torch.randn(shape, generator=generator, dtype=dtype) for _ in range(count)]
-
-
-def padding_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
-    """[B, N] bool, True for the first ``lengths[b]`` tokens of sequence b."""
-    return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def forward_backward(backend, q, k, v, layout, *, block_size, grad_out, mask=None):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = sparse_attention(
-        *leaves, layout, block_size=block_size, key_padding_mask=mask, backend=backend
-    )
-    out.backward(grad_out)
-    return [out.detach(), *(t.grad for t in leaves)]
+def forward_backward(backend, q, k, v, layout, **kwargs):
+    """[out, dq, dk, dv] of one backend (test_attention's, flattened)."""
+    out, grads = attention_tests.forward_backward(backend, q, k, v, layout, **kwargs)
+    return [out, *grads]
 
 
 # --------------------------------------------------------------------------- non-finite padding

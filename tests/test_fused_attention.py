@@ -10,11 +10,16 @@ import itertools
 import math
 
 import pytest
+import test_attention as attention_tests
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from test_attention import random_bf16_case
+from test_attention import (
+    padding_mask,
+    random_bf16_case,
+    random_inputs,
+    random_layout,
+    rows_without_keys,
+)
 
 from ernie_sparse.attention import choose_backend, expand_layout, sparse_attention
 from ernie_sparse.attention import fused as fused_module
@@ -34,51 +39,16 @@ needs_kernel = pytest.mark.skipif(
 # --------------------------------------------------------------------------- helpers
 
 
-def random_inputs(shape, *, generator, dtype=torch.float64, count=3):
-    return [torch.randn(shape, generator=generator, dtype=dtype) for _ in range(count)]
+def forward_backward(backend, q, k, v, layout, **kwargs):
+    """[out, dq, dk, dv] of one backend (test_attention's, flattened)."""
+    out, grads = attention_tests.forward_backward(backend, q, k, v, layout, **kwargs)
+    return [out, *grads]
 
 
-def random_layout(heads: int, nb: int, density: float, generator) -> torch.Tensor:
-    return torch.rand(heads, nb, nb, generator=generator) < density
-
-
-def padding_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
-    return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def forward_backward(backend, q, k, v, layout, *, block_size, grad_out, mask=None):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = sparse_attention(
-        *leaves, layout, block_size=block_size, key_padding_mask=mask, backend=backend
-    )
-    out.backward(grad_out)
-    return [out.detach(), *(t.grad for t in leaves)]
-
-
-def max_errors(q, k, v, layout, *, block_size, mask=None, seed=0):
-    """Max abs error of the fused output and dq, dk, dv against the reference."""
-    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed), dtype=q.dtype)
-    kwargs = {"block_size": block_size, "grad_out": grad_out, "mask": mask}
-    got = forward_backward("fused", q, k, v, layout, **kwargs)
-    ref = forward_backward("reference", q, k, v, layout, **kwargs)
-    return got, ref
-
-
-def assert_matches_reference(q, k, v, layout, *, block_size, mask=None, tol=F64, seed=0):
-    got, ref = max_errors(q, k, v, layout, block_size=block_size, mask=mask, seed=seed)
-    for name, g, r in zip(["out", "dq", "dk", "dv"], got, ref, strict=True):
-        assert torch.isfinite(g).all(), name
-        torch.testing.assert_close(g, r, **tol, msg=lambda m, n=name: f"{n}: {m}")
-    return got
-
-
-def rows_without_keys(layout, block_size, out_shape, mask):
-    """[B, H, N] True for queries that may attend no real key."""
-    batch, heads, seq_len, _ = out_shape
-    token_mask = expand_layout(layout, block_size, seq_len)[None]
-    if mask is not None:
-        token_mask = token_mask & mask[:, None, None, :]
-    return (~token_mask.any(dim=-1)).expand(batch, heads, seq_len)
+def assert_matches_reference(q, k, v, layout, **kwargs):
+    """The fused kernel equals the reference, output and gradients: [out, dq, dk, dv]."""
+    out, grads = attention_tests.assert_matches_reference("fused", q, k, v, layout, **kwargs)
+    return [out, *grads]
 
 
 def with_empty_and_full_rows(layout: torch.Tensor) -> torch.Tensor:
@@ -200,35 +170,7 @@ def test_forward_is_deterministic_across_thread_counts(one_thread) -> None:
     assert torch.equal(single, sparse_attention(q, k, v, layout, **kwargs))
 
 
-# --------------------------------------------------------------------------- property test
-
-
-@needs_kernel
-@settings(max_examples=15, deadline=None)
-@given(
-    batch=st.integers(1, 2),
-    heads=st.integers(1, 2),
-    dim=st.sampled_from([1, 3, 16, 33, 64]),
-    block_size=st.sampled_from([1, 5, 16, 32, 64]),
-    seq_len=st.integers(1, 150),
-    density=st.floats(0.0, 1.0),
-    shared=st.booleans(),
-    padded=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_fused_equals_reference_property(
-    batch, heads, dim, block_size, seq_len, density, shared, padded, seed
-) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    nb = math.ceil(seq_len / block_size)
-    layout = random_layout(1 if shared else heads, nb, density, gen)
-    q, k, v = random_inputs((batch, heads, seq_len, dim), generator=gen)
-    mask = None
-    if padded:
-        lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen).tolist()
-        mask = padding_mask(lengths, seq_len)
-    out, *_ = assert_matches_reference(q, k, v, layout, block_size=block_size, mask=mask, seed=seed)
-    assert torch.all(out[rows_without_keys(layout, block_size, out.shape, mask)] == 0)
+# The property test over random shapes is test_attention's, parametrized by backend.
 
 
 # --------------------------------------------------------------------------- gradcheck, op

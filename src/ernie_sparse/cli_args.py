@@ -17,3 +17,14 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def str_list(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
+from ..cli_args import positive_int
 from ..models.config import parse_overrides
 from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
 from .evaluate import evaluate_run
 from .loop import Run
 from .resume import apply_resume_changes, check_source
 from .run_dir import RunDir
-
-log = logging.getLogger("ernie_sparse.training")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,17 +99,6 @@ def run_train(args: argparse.Namespace) -> int:
     if run.world.is_main:
         print(json.dumps({"step": run.state.step, **final}))
     return 0
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cli_args import positive_int
 from ..data.base import TaskInfo, TokenDataset
 from ..data.classification import _encoder as classification_encoder
 from ..data.errors import DataFormatError
@@ -91,7 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="best",
         help="best: best.safetensors (best validation); final: model.safetensors",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="examples (windows) per batch")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="examples (windows) per batch"
+    )
     parser.set_defaults(run=run_predict)
 
 

@@ -114,6 +114,17 @@ def _real_mask(q: torch.Tensor, key_padding_mask: torch.Tensor | None, length: i
     return F.pad(key_padding_mask, (0, length - seq_len), value=False)[:, None, :]
 
 
+def _padded(record: CombinerVariant, q, k, v, key_padding_mask, span: int | None):
+    """The variant's span and padded length, the real-token mask [B, 1, Np], and q, k, v
+    padded to that length with zeros at padded keys (no NaN or inf from padding)."""
+    span = record.span_for(q.shape[2], span)
+    length = record.padded_length(q.shape[2], span)
+    real = _real_mask(q, key_padding_mask, length)
+    k, v = zero_padded_keys(k, v, key_padding_mask)
+    q, k, v = (_pad(t, length) for t in (q, k, v))
+    return span, length, real, q, k, v
+
+
 def combiner_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -159,11 +170,7 @@ def combiner_attention(
             dropout_p=dropout_p,
         )
     seq_len = q.shape[2]
-    span = record.span_for(seq_len, span)
-    length = record.padded_length(seq_len, span)
-    real = _real_mask(q, key_padding_mask, length)
-    k, v = zero_padded_keys(k, v, key_padding_mask)  # no NaN or inf from padding
-    q, k, v = (_pad(t, length) for t in (q, k, v))
+    span, _, real, q, k, v = _padded(record, q, k, v, key_padding_mask, span)
     options = {"span": span, "causal": causal, "dropout_p": dropout_p}
     if record.routing is None:
         out = record.kernel(q, k, v, real, **options)
@@ -225,11 +232,8 @@ def combiner_reference(
             span=span,
         )
     batch, heads, seq_len, _ = q.shape
-    span = record.span_for(seq_len, span)
-    length = record.padded_length(seq_len, span)
-    real = _real_mask(q, key_padding_mask, length)[:, 0]  # [B, Np]
-    k, v = zero_padded_keys(k, v, key_padding_mask)
-    q, k, v = (_pad(t, length) for t in (q, k, v))
+    span, length, real, q, k, v = _padded(record, q, k, v, key_padding_mask, span)
+    real = real[:, 0]  # [B, Np]
     partition = record.partition(length=length, span=span, causal=causal)
     if record.routing is None:
         probs = reference_probabilities(q, k, real, partition)
