@@ -664,6 +664,76 @@ def test_flex_cpu_inference_matches_reference() -> None:
         assert torch.all(out[no_keys] == 0)
 
 
+def dense_blocks(counts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """[B, H, nq, nk] bool of a BlockMask's (counts [B, H, nq], indices [B, H, nq, nk])."""
+    used = torch.arange(indices.shape[-1]) < counts[..., None]
+    dense = torch.zeros(indices.shape, dtype=torch.bool)
+    return dense.scatter_(-1, indices.long(), used)
+
+
+@pytest.mark.skipif(not flex_available(), reason="FlexAttention is not in this torch")
+def test_flex_full_blocks_skip_only_pairs_that_are_allowed(generator) -> None:
+    """CUDA's split at a coarser mask block (2 x 2 layout blocks in bf16): mask_mod runs
+    only on partial blocks. Full blocks, taken whole, plus partial blocks checked token by
+    token give exactly the reference mask, padding included; padding-free inputs keep the
+    full blocks; every allowed pair is in one of them."""
+    from ernie_sparse.attention.flex import FlexMasks, _block_mask, _with_padding, split_blocks
+
+    block_size, factor, heads = 8, 2, 2
+    layout = random_layout(heads, 7, 0.6, generator)
+    layout[:, :2] = True  # some complete coarse blocks
+    padded, full, partial = split_blocks(layout, factor)
+    masks = FlexMasks(full, partial, padded, _block_mask(full, partial, block_size * factor))
+    assert full.any() and partial.any()
+    seq_len = padded.shape[-1] * block_size
+    key_valid = padding_mask([seq_len - 3, 37], seq_len)
+    block_mask = _with_padding(masks, key_valid, block_size * factor)
+    full_b = dense_blocks(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
+    partial_b = dense_blocks(block_mask.kv_num_blocks, block_mask.kv_indices)
+    coarse = block_size * factor
+
+    def tokens(blocks: torch.Tensor) -> torch.Tensor:  # [B, H, nc, nc] -> [B, H, N, N]
+        return blocks.repeat_interleave(coarse, dim=2).repeat_interleave(coarse, dim=3)
+
+    reference = expand_layout(padded, block_size, seq_len)[None] & key_valid[:, None, None, :]
+    implied = tokens(full_b) | (tokens(partial_b) & reference)
+    assert torch.equal(implied, reference)
+    assert not (full_b & partial_b).any()
+    assert (full_b.sum() < full.sum() * 2) and full_b.any()  # padding demoted some
+    unpadded_full = dense_blocks(masks.unpadded.full_kv_num_blocks, masks.unpadded.full_kv_indices)
+    assert torch.equal(unpadded_full[0], full)
+
+
+@pytest.mark.parametrize("backend", ["blocked", "fused"])
+def test_training_under_bf16_autocast(backend: str, generator) -> None:
+    """Inside torch.autocast the backward meets the dtypes its forward saved (blocked's
+    used to fail: its forward matmuls were cast to bf16, its backward expected float32)."""
+    if backend == "fused" and not fused_available():
+        pytest.skip("no fused kernel")
+    q, k, v = random_inputs((2, 2, 70, 16), generator=generator, dtype=torch.float32)
+    layout = bigbird(5, num_heads=2, num_global=1, num_random=1, generator=generator)
+    grad_out = torch.randn(q.shape, generator=generator)
+    inputs = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sparse_attention(*inputs, layout, block_size=16, backend=backend)
+    (out.float() * grad_out).sum().backward()
+    ref_out, ref_grads = forward_backward(
+        "reference", q, k, v, layout, block_size=16, grad_out=grad_out
+    )
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref_out, atol=0.05, rtol=0.05)
+    for got, ref in zip(inputs, ref_grads, strict=True):
+        assert got.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(got.grad.float(), ref, atol=0.1, rtol=0.1)
+
+
+def test_flex_fa4_says_what_it_needs(generator) -> None:
+    q, k, v = random_inputs((1, 2, 16, 8), generator=generator, dtype=torch.float32)
+    layout = torch.ones(1, 2, 2, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="backend 'flex-fa4' runs on CUDA only, got cpu"):
+        sparse_attention(q, k, v, layout, block_size=8, backend="flex-fa4")
+
+
 # --------------------------------------------------------------------------- CUDA
 
 

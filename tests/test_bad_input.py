@@ -102,7 +102,11 @@ def test_text_says_it_validates_on_test_in_the_log_and_the_records(tmp_path, cap
     write_reviews(tmp_path / "imdb" / "test.tsv", 4)
     write_reviews(tmp_path / "one.tsv", 8)
     args = ["train", "--preset", "lra/text-tiny", "--quiet", "--max-steps", "1"]
-    small = ["model.num_global=0", "model.max_positions=64", "model.block_size=16"]
+    small = [
+        "model.attention.num_global=0",
+        "model.max_positions=64",
+        "model.attention.block_size=16",
+    ]
     small += ["train.max_length=64", "train.batch_size=4"]
     out = tmp_path / "run"
     assert main([*args, "--data", str(tmp_path / "one.tsv"), "--out", str(out), *small]) == 2
@@ -124,7 +128,9 @@ def test_text_says_it_validates_on_test_in_the_log_and_the_records(tmp_path, cap
 def test_text_can_hold_a_seeded_share_of_train_out_for_validation(tmp_path) -> None:
     write_reviews(tmp_path / "imdb" / "train.tsv", 40)
     (tmp_path / "imdb" / "test.tsv").write_text("label\ttext\npos\ta test review\nneg\tanother\n")
-    train = TrainConfig(task="text", data=str(tmp_path / "imdb"), val_from_train=0.25, seed=3)
+    train = TrainConfig(
+        task="text", data=str(tmp_path / "imdb"), text={"val_from_train": 0.25}, seed=3
+    )
     assert validation_note(train) == ""  # validation no longer reads test
     task = get_task("text")
     train_rows = {tuple(e["input_ids"].tolist()) for e in task.read(train, "train")}
@@ -134,8 +140,8 @@ def test_text_can_hold_a_seeded_share_of_train_out_for_validation(tmp_path) -> N
     assert not set(val_rows) & train_rows and not set(val_rows) & test_rows
     again = [tuple(e["input_ids"].tolist()) for e in task.read(train, "val")]
     assert again == val_rows  # the same seed holds out the same rows
-    with pytest.raises(ValueError, match=r"train.val_from_train must be a number in \[0, 1\)"):
-        TrainConfig(task="text", val_from_train=1.0)
+    with pytest.raises(ValueError, match=r"train.text.val_from_train must be a number in \[0, 1\)"):
+        TrainConfig(task="text", text={"val_from_train": 1.0})
 
 
 def test_qa_tasks_say_when_validation_and_test_are_one_file(tmp_path) -> None:

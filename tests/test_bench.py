@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,15 +16,19 @@ import torch
 from ernie_sparse.bench.attention import (
     BenchConfig,
     _interleaved_times,
+    add_arguments,
+    config_from_args,
     run_bench,
     summary_table,
     useful_gflop,
 )
 from ernie_sparse.bench.hf_bigbird import hf_bigbird_available
 from ernie_sparse.bench.memory import peak_memory_mb
+from ernie_sparse.bench.sdpa import sdpa_kernels_used
 from ernie_sparse.cli import main
 
 ROW_KEYS = {"backend", "pattern", "seq_len", "mode", "median_ms", "peak_mem_mb", "gflops"}
+ROW_KEYS |= {"sdpa_kernels"}
 
 
 def test_peak_memory_counts_live_storages() -> None:
@@ -80,6 +90,7 @@ def test_run_bench_rows_cover_every_backend_and_mode() -> None:
         assert row["median_ms"] > 0 and row["peak_mem_mb"] > 0 and row["gflops"] > 0
     dense = next(r for r in rows if r["backend"] == "dense" and r["mode"] == "fwd")
     blocked = next(r for r in rows if r["backend"] == "blocked" and r["mode"] == "fwd")
+    assert dense["sdpa_kernels"] == ["flash (cpu)"]
     # GFLOP/s x time is the useful work: all N^2 pairs for dense, the pattern's for blocked.
     layout_pairs = dense["gflops"] * dense["median_ms"] / (blocked["gflops"] * blocked["median_ms"])
     assert layout_pairs > 1.5  # 16 blocks, 2 global + 3 window + 1 random: well under 2/3 dense
@@ -157,10 +168,14 @@ def test_cli_writes_json_table_and_plot(tmp_path, capsys) -> None:
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     assert len(result["rows"]) == 4
-    assert (out / "table.md").read_text().startswith("| N | mode |")
+    caption, blank, header = (out / "table.md").read_text().splitlines()[:3]
+    assert caption.startswith("shape small: B=1, H=2, D=16, block 16") and "float32" in caption
+    assert caption.endswith("dense = SDPA, kernel flash (cpu)")
+    assert blank == "" and header.startswith("| N | mode |")
     pytest.importorskip("matplotlib")
     assert (out / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 128 | fwd+bwd |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("shape small: B=1, H=2, D=16") and "| 128 | fwd+bwd |" in printed
 
 
 @pytest.mark.parametrize(
@@ -177,3 +192,141 @@ def test_cli_refuses_bad_requests(args, message, tmp_path, capsys) -> None:
     code = main([*base, *args, "--out", str(tmp_path), "--no-memory"])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+# --- shape presets ---
+
+
+def attention_config(*flags: str) -> BenchConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(list(flags)))
+
+
+def test_shape_presets_set_batch_heads_and_head_dim() -> None:
+    small = attention_config()
+    assert (small.shape, small.batch, small.heads, small.head_dim) == ("small", 2, 4, 64)
+    bert = attention_config("--shape", "bert-base")
+    assert (bert.batch, bert.heads, bert.head_dim) == (8, 12, 64)
+    roberta = attention_config("--shape", "roberta-large")
+    assert (roberta.batch, roberta.heads, roberta.head_dim) == (4, 16, 64)
+    for preset in (bert, roberta):
+        assert preset.batch * preset.heads >= 64  # enough (batch, head) pairs for a GPU
+
+
+def test_explicit_size_flags_override_the_shape_preset() -> None:
+    config = attention_config("--shape", "bert-base", "--heads", "2", "--batch", "1")
+    assert (config.shape, config.batch, config.heads, config.head_dim) == ("bert-base", 1, 2, 64)
+
+
+def test_an_unknown_shape_is_refused_with_the_choices(tmp_path, capsys) -> None:
+    code = main(["bench", "attention", "--shape", "huge", "--out", str(tmp_path)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "unknown shape preset 'huge'; choose from small, bert-base, roberta-large" in error
+    assert not (tmp_path / "results.json").exists()
+
+
+# --- which SDPA kernel ran ---
+
+
+def test_sdpa_kernels_are_read_off_the_profiler() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 2, 64, 16, requires_grad=True)
+
+    def attend() -> None:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+
+    def attend_math() -> None:
+        with sdpa_kernel(SDPBackend.MATH):
+            attend()
+
+    assert sdpa_kernels_used(attend) == ["flash (cpu)"]
+    assert sdpa_kernels_used(attend_math) == ["math"]
+    assert sdpa_kernels_used(lambda: q.exp()) == []
+
+
+# --- acceptance targets ---
+
+
+def attention_row(backend: str, seq_len: int, ms: float, status: str = "ok") -> dict:
+    return {"backend": backend, "seq_len": seq_len, "mode": "fwd+bwd", "median_ms": ms,
+            "status": status}  # fmt: skip
+
+
+def model_row(model: str, ms: float, mib: float, status: str = "ok") -> dict:
+    return {"model": model, "seq_len": 4096, "median_ms": ms, "peak_mem_mb": mib,
+            "status": status}  # fmt: skip
+
+
+def test_targets_pass_fail_and_name_what_is_missing() -> None:
+    from ernie_sparse.bench.targets import check, gpu_targets
+
+    timings = (("flex", 4096, 4.0), ("dense", 4096, 10.0), ("flex", 16384, 5.0),
+               ("dense", 16384, 10.0))  # fmt: skip
+    attention = [attention_row(*timing) for timing in timings]
+    model = [model_row("dense", 300.0, 900.0), model_row("ernie-sparse", 100.0, 500.0),
+             model_row("hf-bigbird", 0.0, 0.0, status="oom")]  # fmt: skip
+    results = {"attention": {"rows": attention}, "model": {"rows": model}}
+    lines = [check(target, results) for target in gpu_targets()]
+    assert [passed for passed, _ in lines] == [True, False, True, False, False]
+    assert lines[0][1] == (
+        "PASS attention N=4096: flex fwd+bwd time / dense SDPA's = 0.400 (target <= 0.5)"
+    )
+    assert lines[1][1].startswith("FAIL attention N=16384") and "= 0.500" in lines[1][1]
+    assert lines[2][1].endswith("= 3.000 (target >= 2)")
+    assert "not measured, model hf-bigbird, seq_len 4096: oom" in lines[3][1]
+    passed, line = check(gpu_targets()[0], {"attention": None})
+    assert not passed and line.startswith("FAIL") and "no attention results" in line
+
+
+def test_targets_command_reads_result_folders(tmp_path, capsys) -> None:
+    from ernie_sparse.bench.targets import main as targets_main
+
+    folder = tmp_path / "attention"
+    folder.mkdir()
+    rows = [attention_row(b, n, ms) for n in (256, 512) for b, ms in (("blocked", 1), ("dense", 9))]
+    (folder / "results.json").write_text(json.dumps({"rows": rows}))
+    args = ["--attention", str(folder), "--model", str(tmp_path / "absent")]
+    args += [
+        "--sparse-backend",
+        "blocked",
+        "--attention-lengths",
+        "256,512",
+        "--model-length",
+        "256",
+    ]
+    assert targets_main(args) == 1  # the model targets have no results
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["PASS", "PASS", "FAIL", "FAIL", "FAIL"]
+    assert targets_main([*args, "--attention-lengths", "256"]) == 2
+
+
+# --- scripts/gpu-check.sh, dry run ---
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_step_and_checks_every_target(tmp_path) -> None:
+    """The script's plumbing on CPU at tiny sizes (about 30-60 s on 2 cores): each step
+    runs and says ok, each target gets a PASS or FAIL line, the tables are written."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    done = subprocess.run(
+        [str(script), "--dry-run", str(tmp_path / "check")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: a target failed (tiny sizes)
+    summary = (tmp_path / "check" / "summary.md").read_text()
+    for step in ("tests", "bench-attention", "bench-model"):
+        assert re.search(rf"^- {step}: ok \(\d+ s\)$", summary, re.MULTILINE), summary
+    verdicts = re.findall(r"^- (PASS|FAIL) (attention|model) ", summary, re.MULTILINE)
+    assert [kind for _, kind in verdicts] == ["attention"] * 2 + ["model"] * 3, summary
+    assert "not measured" not in summary  # every target found its rows
+    assert "- torch " in summary and "- git commit: " in summary
+    assert "shape bert-base: B=1, H=2, D=16" in summary  # the preset, sizes overridden
+    for bench in ("attention", "model"):
+        result = json.loads((tmp_path / "check" / bench / "results.json").read_text())
+        assert result["rows"] and all(r["status"] == "ok" for r in result["rows"])
+    assert done.returncode == (1 if "FAIL" in {v for v, _ in verdicts} else 0)

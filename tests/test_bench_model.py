@@ -1,11 +1,15 @@
-"""The model benchmark: rows, table (HST overhead, memory growth), files, errors."""
+"""The model benchmark: rows, tables (HST overhead, memory growth, throughput, attention
+time), shape presets, HF BigBird, files, errors."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import torch
 
+from ernie_sparse.bench.hf_bigbird import hf_bigbird_available
 from ernie_sparse.bench.model import ModelBenchConfig, run_bench, summary_table
 from ernie_sparse.cli import main
 
@@ -61,7 +65,9 @@ def test_benchmarked_models_are_the_papers(name) -> None:
     assert (config.hidden_size, config.num_layers, config.num_heads) == (256, 4, 4)
     assert config.hst.enabled == name.startswith("ernie")
     assert (config.saor.alpha > 0) == name.endswith("+saor")
-    assert config.pattern == ("dense" if name == "dense" else "bigbird")
+    assert config.attention.pattern == ("dense" if name == "dense" else "bigbird")
+    # dense = one SDPA call (blocked sends all-full rows there); the others pick their best
+    assert config.attention.backend == ("blocked" if name == "dense" else "auto")
 
 
 # --- Figure 4 until out of memory, BlockBERT Table 5's inference grid ---
@@ -132,8 +138,9 @@ def test_blockbert_models_split_their_heads_into_n_permutations() -> None:
     from ernie_sparse.bench.model import model_config
 
     config = model_config("blockbert-3", ModelBenchConfig())
-    assert config.pattern == "blockbert" and config.pattern_params["head_split"] == "2:1:1"
-    assert config.block_multiple == 3
+    attention = config.attention
+    assert attention.pattern == "blockbert" and attention.pattern_params["head_split"] == "2:1:1"
+    assert attention.block_multiple == 3
     with pytest.raises(ValueError, match="at least 3 heads"):
         model_config("blockbert-3", ModelBenchConfig(num_heads=2, hidden_size=32))
 
@@ -141,8 +148,135 @@ def test_blockbert_models_split_their_heads_into_n_permutations() -> None:
 def test_a_model_name_can_pick_its_attention_backend() -> None:
     from ernie_sparse.bench.model import model_config
 
-    assert model_config("ernie-sparse", ModelBenchConfig()).attention_backend == "auto"
+    assert model_config("ernie-sparse", ModelBenchConfig()).attention.backend == "auto"
     chosen = model_config("ernie-sparse@blocked", ModelBenchConfig())
-    assert chosen.attention_backend == "blocked" and chosen.hst.enabled
-    with pytest.raises(ValueError, match="attention_backend"):
+    assert chosen.attention.backend == "blocked" and chosen.hst.enabled
+    with pytest.raises(ValueError, match="backend"):
         model_config("ernie-sparse@fastest", ModelBenchConfig())
+
+
+# --- real shapes, SDPA kernel, throughput, time inside attention, HF BigBird ---
+
+
+def model_bench_config(*flags: str) -> ModelBenchConfig:
+    import argparse
+
+    from ernie_sparse.bench.model import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(list(flags)))
+
+
+def test_shape_presets_and_explicit_flags() -> None:
+    small = model_bench_config()
+    assert (small.batch, small.hidden_size, small.num_layers, small.num_heads) == (1, 256, 4, 4)
+    assert (small.mlp_size, small.dense_max_len, small.shape) == (1024, 8192, "small")
+    bert = model_bench_config("--shape", "bert-base")
+    assert (bert.batch, bert.hidden_size, bert.num_layers, bert.num_heads) == (8, 768, 12, 12)
+    assert bert.mlp_size == 3072
+    roberta = model_bench_config("--shape", "roberta-large", "--num-layers", "2")
+    assert (roberta.batch, roberta.hidden_size, roberta.num_heads) == (4, 1024, 16)
+    assert (roberta.num_layers, roberta.mlp_size) == (2, 4096)
+    cuda = model_bench_config("--device", "cuda", "--seq-lens", "1024,16384")
+    assert cuda.dense_max_len == 16384  # SDPA's memory is linear in n there
+    assert cuda.models[:1] == ("dense",) and "ernie-sparse+saor" in cuda.models
+
+
+def test_rows_give_tokens_per_s_sdpa_kernel_and_time_inside_attention(one_thread) -> None:
+    from ernie_sparse.bench.model import throughput_table
+
+    config = ModelBenchConfig(seq_lens=(256,), **TINY)
+    result = run_bench(config, log=lambda _: None)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["dense"]["sdpa_kernels"] == ["flash (cpu)"]
+    for row in rows.values():
+        assert row["status"] == "ok"
+        assert row["tokens_per_s"] == pytest.approx(256 / (row["median_ms"] / 1e3), rel=1e-3)
+        assert row["attention_ms"] > 0 and row["outside_attention_ms"] > 0
+    table = throughput_table(result)
+    header, _, dense_line = table.splitlines()[:3]
+    assert "| attention ms | outside ms | attention share | faster than dense |" in header
+    assert dense_line.startswith("| 256 | dense |") and "| 1.00x | 1.00x |" in dense_line
+
+
+class _Sleep(torch.autograd.Function):
+    """Identity that sleeps ``forward_s`` in forward and ``backward_s`` in backward."""
+
+    @staticmethod
+    def forward(ctx, x, forward_s: float, backward_s: float):
+        ctx.backward_s = backward_s
+        time.sleep(forward_s)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(ctx.backward_s)
+        return grad, None, None
+
+
+def test_attention_clock_counts_the_attention_forward_and_backward_only() -> None:
+    from ernie_sparse.bench.attention_time import AttentionClock, time_attention
+    from ernie_sparse.models import ModelConfig
+    from ernie_sparse.models.layers import AttentionSublayer
+
+    sublayer = AttentionSublayer(ModelConfig(vocab_size=8, hidden_size=8, num_heads=2))
+
+    def slow_attend(q, k, v):  # 30 ms forward, 60 ms backward inside attention
+        return _Sleep.apply(torch.nn.functional.scaled_dot_product_attention(q, k, v), 0.03, 0.06)
+
+    def step() -> None:
+        hidden = _Sleep.apply(torch.randn(2, 16, 8, requires_grad=True), 0.05, 0.05)  # outside
+        sublayer(hidden, slow_attend).sum().backward()
+
+    clock = AttentionClock(torch.device("cpu"))
+    with time_attention(sublayer, clock):
+        step()
+    assert len(clock.calls) == 1
+    assert 0.089e3 <= clock.total_ms() < 0.135e3  # 90 ms inside; the 100 ms outside not counted
+    step()  # the hook is gone: nothing more is timed
+    assert len(clock.calls) == 1
+
+
+@pytest.mark.skipif(not hf_bigbird_available(), reason="transformers is not installed")
+def test_hf_bigbird_trains_under_bf16_autocast_next_to_dense(one_thread) -> None:
+    from ernie_sparse.bench.attention_time import AttentionClock, time_attention
+    from ernie_sparse.bench.hf_bigbird import HF_METHOD, block_sparse_modules
+    from ernie_sparse.bench.model import _prepare
+
+    # (5 + 2 x 3 random) blocks of 16 = 176: HF runs full attention up to there.
+    config = ModelBenchConfig(seq_lens=(128, 256), models=("dense", "hf-bigbird"),
+                              dtype="bfloat16", memory=False, **TINY)  # fmt: skip
+    rows = run_bench(config, log=lambda _: None)["rows"]
+    status = {(r["model"], r["seq_len"]): r["status"] for r in rows}
+    assert status[("hf-bigbird", 128)] == "skipped (HF BigBird needs n > 176)"
+    assert status[("hf-bigbird", 256)] == "ok" and status[("dense", 256)] == "ok"
+    hf = next(r for r in rows if r["model"] == "hf-bigbird" and r["seq_len"] == 256)
+    assert hf["attention_ms"] > 0 and hf["tokens_per_s"] > 0
+    step = _prepare("hf-bigbird", 256, config, 1)
+    (module,) = block_sparse_modules(step.model)
+    untimed = module.__dict__[HF_METHOD]  # the autocast workaround, per instance
+    clock = AttentionClock(torch.device("cpu"))
+    with time_attention(step.model, clock):
+        step.run()
+    assert len(clock.calls) == 1 and clock.total_ms() > 0
+    assert module.__dict__[HF_METHOD] is untimed
+
+
+def test_unknown_dtype_and_shape_are_refused(tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; choose from float32, bfloat16"):
+        run_bench(ModelBenchConfig(dtype="float16", **TINY), log=lambda _: None)
+    assert main(["bench", "model", "--shape", "gpt-3", "--out", str(tmp_path)]) == 2
+    assert "unknown shape preset 'gpt-3'; choose from small" in capsys.readouterr().err
+
+
+def test_cli_header_names_the_shape_dtype_and_dense_kernel(tmp_path, capsys, one_thread) -> None:
+    args = ["bench", "model", "--shape", "bert-base", "--batch", "1", "--hidden-size", "32"]
+    args += ["--num-layers", "1", "--num-heads", "2", "--mlp-size", "64", "--block-size", "16"]
+    args += ["--models", "dense", "--seq-lens", "128", "--repeats", "3", "--dtype", "bfloat16"]
+    assert main([*args, "--no-plot", "--out", str(tmp_path)]) == 0
+    caption = (tmp_path / "table.md").read_text().splitlines()[0]
+    assert caption.startswith("shape bert-base: batch 1, hidden 32, 1 layers, 2 heads, MLP 64")
+    assert "; bfloat16; " in caption and caption.endswith("dense = SDPA, kernel flash (cpu)")
+    assert capsys.readouterr().out.startswith("shape bert-base: batch 1")
+    assert not (tmp_path / "model.png").exists()

@@ -25,6 +25,7 @@ from ernie_sparse.data.pixels import (
     read_text_bytes,
 )
 from ernie_sparse.models import CausalLM, Encoder, ModelConfig, nats_to_bits, shift_labels
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.training.config import TrainConfig
 from ernie_sparse.training.distributed import World
 from ernie_sparse.training.tasks import get_task
@@ -42,16 +43,19 @@ def small(**overrides) -> ModelConfig:
         mlp_size=24,
         max_positions=64,
         dropout=0.0,
-        attention_dropout=0.0,
+        attention={"dropout": 0.0},
         causal=True,
         layer_norm="pre",
     )
-    return ModelConfig(**{**values, **overrides})
+    return ModelConfig(**merge_overrides(values, overrides))
 
 
 def combiner(variant: str, **overrides) -> ModelConfig:
     span = 2 if VARIANTS[variant].span_power_of_two else 4
-    return small(attention="combiner", combiner_variant=variant, combiner_span=span, **overrides)
+    return small(
+        attention={"kind": "combiner", "combiner_variant": variant, "combiner_span": span},
+        **overrides,
+    )
 
 
 # --- no leakage from the future ---
@@ -243,9 +247,8 @@ def test_tiny_image_lm_run_through_the_cli_lowers_bits_per_dim(tmp_path, tiny_im
             "num_layers": 1,
             "mlp_size": 64,
             "max_positions": 36,
-            "combiner_span": 6,
+            "attention": {"combiner_span": 6, "dropout": 0.0},
             "dropout": 0.0,
-            "attention_dropout": 0.0,
         },
         "train": {
             "task": "image-lm",

@@ -16,8 +16,10 @@ import yaml
 
 from ernie_sparse.analysis.experiments import RunLock, make_spec, run_dir, run_one
 from ernie_sparse.analysis.experiments.report import cell_text, summarize
+from ernie_sparse.analysis.experiments.spec import ExperimentSpec
 from ernie_sparse.cli import main
 from ernie_sparse.data.listops import generate_listops
+from ernie_sparse.models.config import parse_overrides
 
 TINY = [
     "model.hidden_size=16",
@@ -25,8 +27,8 @@ TINY = [
     "model.num_layers=1",
     "model.mlp_size=32",
     "model.max_positions=64",
-    "model.block_size=8",
-    "model.num_global=8",
+    "model.attention.block_size=8",
+    "model.attention.num_global=8",
     "model.dropout=0.0",
     "train.max_length=64",
     "train.batch_size=8",
@@ -78,7 +80,7 @@ def test_ablation_trains_each_cell_once_and_skips_finished_runs(tmp_path, listop
     assert models["4-no-saor-rdrop"]["saor"]["mode"] == "dropout"
     assert models["pool-max"]["hst"]["pooling"] == "max"
     assert models["pool-cls"]["hst"]["pooling"] == "cls"
-    assert models["0-ernie-sparse"]["pattern"] == "bigbird"
+    assert models["0-ernie-sparse"]["attention"]["pattern"] == "bigbird"
     weights_time = (out / "runs/0-ernie-sparse/seed-0/model.safetensors").stat().st_mtime_ns
     assert main(experiment("ablation", listops_dir, out)) == 0
     assert "0 trained now, 7 already done" in capsys.readouterr().out
@@ -94,8 +96,8 @@ def test_bottleneck_reports_mean_and_std_over_seeds(tmp_path, listops_dir, capsy
     out = tmp_path / "bottleneck"
     args = experiment("bottleneck", listops_dir, out, "--seeds", "2", "--global-tokens", "8,0")
     assert main(args) == 2  # the cells vary num_global: an override of it is refused
-    assert "model.num_global" in capsys.readouterr().err
-    args.remove("model.num_global=8")
+    assert "model.attention.num_global" in capsys.readouterr().err
+    args.remove("model.attention.num_global=8")
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["runs_done"] == results["runs_total"] == 10  # 2 x (4 cells + dense)
@@ -105,10 +107,11 @@ def test_bottleneck_reports_mean_and_std_over_seeds(tmp_path, listops_dir, capsy
         assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(accuracies) / 2)
         assert cell["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5)
     config = yaml.safe_load((out / "runs/hst-bigbird-g0/seed-1/config.yaml").read_text())
-    assert config["model"]["num_global"] == 0 and config["model"]["hst"]["enabled"]
-    assert config["train"]["seed"] == 1 and config["model"]["pattern_seed"] == 1
+    assert config["model"]["attention"]["num_global"] == 0 and config["model"]["hst"]["enabled"]
+    assert config["train"]["seed"] == 1 and config["model"]["attention"]["pattern_seed"] == 1
     st = yaml.safe_load((out / "runs/st-bigbird-g8/seed-0/config.yaml").read_text())["model"]
-    assert st["num_global"] == 8 and not st["hst"]["enabled"] and st["saor"]["alpha"] == 0
+    assert st["attention"]["num_global"] == 8 and not st["hst"]["enabled"]
+    assert st["saor"]["alpha"] == 0
     assert (out / "bottleneck.png").stat().st_size > 0
     assert "| 0 |" in capsys.readouterr().out
 
@@ -159,11 +162,7 @@ def test_killed_robustness_experiment_resumes_its_run(tmp_path, listops_dir):
 
 
 def test_locks_keep_processes_apart_and_stale_locks_are_taken_over(tmp_path, listops_dir):
-    overrides = {"model": {}, "train": {"data": str(listops_dir)}}
-    for item in TINY:
-        key, value = item.split("=")
-        section, name = key.split(".")
-        overrides[section][name] = yaml.safe_load(value)
+    overrides = parse_overrides([*TINY, f"train.data={listops_dir}"])
     spec = make_spec("robustness", "listops", overrides=overrides, attack_roll=3)
     cell = spec.cells[1]
     lock_path = run_dir(tmp_path, cell, 0).parent / "seed-0.lock"
@@ -237,18 +236,33 @@ def test_probe_bottleneck_reports_reachability_per_run(tmp_path, capsys):
     assert line.startswith("reachability over 2 layers") and "-> readout: no" in line
 
 
+def test_an_experiment_saved_with_flat_model_keys_loads_as_it_ran(tmp_path) -> None:
+    spec = make_spec("bottleneck", "probe-copy-far", global_tokens=(16, 0), patterns=("window",))
+    spec.save(tmp_path)
+    values = json.loads((tmp_path / "experiment.json").read_text())
+    for cell in values["cells"]:  # as experiment.json was written before model.attention
+        cell["model"].update(cell["model"].pop("attention"))
+    (tmp_path / "experiment.json").write_text(json.dumps(values))
+    loaded = ExperimentSpec.load(tmp_path)
+    assert loaded == spec
+    cell = loaded.cells[0]
+    assert loaded.run_config(cell, 0) == spec.run_config(spec.cells[0], 0)
+
+
 def test_hst_route_and_robustness_specs_on_probes() -> None:
     route = make_spec("hst-route", "probe-copy-far")
     keys = [cell.key for cell in route.cells]
     assert "st-window" in keys and "hst-block-i0.02" in keys and "dense-i0.125" in keys
     config = route.run_config(route.cells[keys.index("hst-block-i0.02")], 0).model
     assert config.hst.distribute == "block" and config.initializer_range == 0.02
-    assert config.pattern == "window" and config.num_global == 0 and config.saor.alpha == 0
+    assert (config.attention.pattern, config.attention.num_global) == ("window", 0)
+    assert config.saor.alpha == 0
     robust = make_spec("robustness", "probe-copy-far", attack_roll=(4, 8))
     assert robust.attack_rolls == (4, 8)
     models = {cell.key: robust.run_config(cell, 0).model for cell in robust.cells}
-    assert models["dense-saor"].pattern == "dense" and models["dense-saor"].saor.alpha > 0
-    assert models["bigbird"].pattern_params == {"window_width": 1, "num_random": 3}
+    dense_saor = models["dense-saor"]
+    assert dense_saor.attention.pattern == "dense" and dense_saor.saor.alpha > 0
+    assert models["bigbird"].attention.pattern_params == {"window_width": 1, "num_random": 3}
     assert models["ernie-sparse"].hst.enabled and models["ernie-sparse"].saor.alpha > 0
     with pytest.raises(ValueError, match="non-zero rolls"):
         make_spec("robustness", "probe-copy-far", attack_roll=(4, 0))

@@ -10,7 +10,7 @@ import yaml
 
 from ernie_sparse.analysis.plot import training_nll
 from ernie_sparse.cli import main
-from ernie_sparse.training.config import preset_values, resolve
+from ernie_sparse.training.config import merge_values, preset_values, resolve
 from ernie_sparse.training.loop import Run
 from ernie_sparse.training.tasks import get_task, task_names
 
@@ -79,11 +79,9 @@ TINY_MODEL = {
     "num_heads": 2,
     "num_layers": 1,
     "mlp_size": 32,
-    "block_size": 8,
     "max_positions": 64,
-    "num_global": 8,
+    "attention": {"block_size": 8, "num_global": 8, "dropout": 0.0},
     "dropout": 0.0,
-    "attention_dropout": 0.0,
     "hst": {"enabled": True, "shared_weights": True},
     "saor": {"alpha": 1.0, "roll_tokens": 2},
 }
@@ -99,7 +97,7 @@ TINY_MODEL = {
 )
 def test_task_trains_and_evaluates(tmp_path, task, preset, make_data, metric) -> None:
     values = preset_values(preset)
-    values["model"].update(TINY_MODEL)
+    values["model"] = merge_values(values["model"], TINY_MODEL)
     tokenizer = word_tokenizer(tmp_path / "tokenizer.json")
     values["train"].update(
         data=str(make_data(tmp_path / "data")),
@@ -108,8 +106,10 @@ def test_task_trains_and_evaluates(tmp_path, task, preset, make_data, metric) ->
         eval_every=2,
         batch_size=2,
         warmup_steps=1,
-        **({} if task == "classification" else {"tokenizer": str(tokenizer), "global_prefix": 8}),
     )
+    if task != "classification":
+        question = {"tokenizer": str(tokenizer), "qa": {"global_prefix": 8}}
+        values["train"] = merge_values(values["train"], question)
     run = Run(resolve(values), tmp_path / "run", resume=False, quiet=True)
     run.train()
     assert get_task(task).metric == metric
@@ -132,14 +132,16 @@ def test_task_trains_and_evaluates(tmp_path, task, preset, make_data, metric) ->
 
 def test_question_tasks_refuse_a_prefix_that_is_not_the_globals(tmp_path) -> None:
     values = preset_values("finetune/triviaqa-tiny")
-    values["model"].update(TINY_MODEL)
+    values["model"] = merge_values(values["model"], TINY_MODEL)
+    values["train"] = merge_values(values["train"], {"qa": {"global_prefix": 4}})
     values["train"].update(
         data=str(triviaqa_folder(tmp_path / "data")),
         max_length=64,
-        global_prefix=4,
         tokenizer=str(word_tokenizer(tmp_path / "tokenizer.json")),
     )
-    with pytest.raises(ValueError, match=r"train.global_prefix=4 but model.num_global=8"):
+    with pytest.raises(
+        ValueError, match=r"train.qa.global_prefix=4 but model.attention.num_global=8"
+    ):
         Run(resolve(values), tmp_path / "run", resume=False, quiet=True)
 
 
@@ -147,4 +149,4 @@ def test_all_four_tasks_are_registered() -> None:
     assert {"mlm", "classification", "triviaqa", "wikihop"} <= set(task_names())
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = yaml.safe_load((configs / "finetune/triviaqa-paper.yaml").read_text())
-    assert config["train"]["global_prefix"] == 128
+    assert config["train"]["qa"]["global_prefix"] == 128

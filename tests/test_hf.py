@@ -12,6 +12,8 @@ from safetensors import safe_open
 
 from ernie_sparse.cli import main
 from ernie_sparse.models import ModelConfig
+from ernie_sparse.models.config import LEGACY_MODEL_KEYS
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.models.pretrained import load_encoder
 
 transformers = pytest.importorskip("transformers")
@@ -38,13 +40,15 @@ def tiny_config(**overrides) -> ErnieSparseConfig:
         mlp_size=24,
         max_positions=64,
         type_vocab_size=2,
-        block_size=4,
-        pattern="bigbird",
-        pattern_params={"window_width": 1, "num_random": 1},
-        num_global=4,
+        attention={
+            "block_size": 4,
+            "pattern": "bigbird",
+            "pattern_params": {"window_width": 1, "num_random": 1},
+            "num_global": 4,
+        },
         hst={"enabled": True, "pooling": "mean"},
     )
-    return ErnieSparseConfig(model=ModelConfig(**{**values, **overrides}), num_labels=3)
+    return ErnieSparseConfig(model=ModelConfig(**merge_overrides(values, overrides)), num_labels=3)
 
 
 def tiny_bert(tmp_path):
@@ -106,6 +110,24 @@ def test_save_load_round_trip_is_identical(tmp_path, model_class):
         assert torch.equal(value, after[key]), key
     with safe_open(tmp_path / "model.safetensors", "pt") as saved:
         assert set(saved.keys()) == set(model.state_dict())
+
+
+def test_config_json_with_flat_attention_keys_still_loads(tmp_path):
+    """A config.json of an older version: the attention settings as flat model keys."""
+    torch.manual_seed(0)
+    model = ErnieSparseModel(tiny_config(attention={"backend": "reference"})).eval()
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    attention = values["model"].pop("attention")
+    for old, new in LEGACY_MODEL_KEYS.items():
+        values["model"][old] = attention.pop(new.split(".")[1])
+    assert not attention  # every setting has its old key
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    loaded = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.encoder.config == model.encoder.config
+    ids = torch.randint(0, 50, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).last_hidden_state, model(ids).last_hidden_state)
 
 
 def test_mlm_decoder_stays_tied_after_loading(tmp_path):
@@ -197,7 +219,8 @@ def test_convert_extends_positions_and_runs_long_inputs(tmp_path, capsys):
     assert config["architectures"] == ["ErnieSparseForMaskedLM"]
     hst = config["model"]["hst"]
     assert hst["enabled"] and not hst["shared_weights"] and hst["pooling"] == "max"
-    assert (config["model"]["pattern"], config["model"]["num_global"]) == ("bigbird", 64)
+    attention = config["model"]["attention"]
+    assert (attention["pattern"], attention["num_global"]) == ("bigbird", 64)
     assert config["model"]["dropout"] == 0.0
     model = transformers.AutoModel.from_pretrained(out).eval()
     mlm = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()

@@ -59,7 +59,7 @@ def trainer_run(tmp_path, *, batch_size: int, accumulation: int):
     torch.manual_seed(0)
     config = tiny_config(
         dropout=0.0,
-        attention_dropout=0.0,
+        attention={"dropout": 0.0},
         initializer_range=0.2,
         hst={"enabled": False, "pooling": "mean"},
     )
@@ -191,7 +191,9 @@ def test_hidden_states_and_tuples(model_class):
 
 def test_gradient_checkpointing_reaches_the_encoder():
     torch.manual_seed(0)
-    model = ErnieSparseForSequenceClassification(tiny_config(dropout=0.0, attention_dropout=0.0))
+    model = ErnieSparseForSequenceClassification(
+        tiny_config(dropout=0.0, attention={"dropout": 0.0})
+    )
     ids = torch.randint(0, 50, (3, 19))
     labels = torch.tensor([0, 1, 2])
     model.train()
@@ -228,23 +230,23 @@ def test_attn_implementation_selects_our_backend(tmp_path):
         expected = model(ids).last_hidden_state
     for backend in ("reference", "blocked", "fused"):
         loaded = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=backend)
-        assert loaded.encoder.config.attention_backend == backend
-        assert loaded.config.model["attention_backend"] == backend  # saved with the model
+        assert loaded.encoder.config.attention.backend == backend
+        assert loaded.config.model["attention"]["backend"] == backend  # saved with the model
         with torch.no_grad():
             states = loaded.eval()(ids).last_hidden_state
         assert float((states - expected).abs().max()) < TOLERANCE, backend
     loaded.set_attn_implementation("reference")
-    assert loaded.encoder.config.attention_backend == "reference"
+    assert loaded.encoder.config.attention.backend == "reference"
     for refused in ("sdpa", "eager", "flash_attention_2"):
         with pytest.raises(ValueError, match="not an ERNIE-Sparse attention backend"):
             transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=refused)
     with pytest.raises(ValueError, match="choose one of auto, reference, blocked, flex"):
         loaded.set_attn_implementation("sdpa")
-    assert loaded.encoder.config.attention_backend == "reference"  # unchanged
+    assert loaded.encoder.config.attention.backend == "reference"  # unchanged
     with pytest.raises(ValueError, match="not an ERNIE-Sparse attention backend"):
         ErnieSparseConfig(model=model.config.model, attn_implementation="eager")
     config = ErnieSparseConfig(model=model.config.model, attn_implementation="flex")
-    assert ErnieSparseModel(config).encoder.config.attention_backend == "flex"
+    assert ErnieSparseModel(config).encoder.config.attention.backend == "flex"
 
 
 def test_convert_keeps_berts_pooler(tmp_path, capsys):
@@ -292,8 +294,7 @@ RUN_CONFIG = {
         "num_layers": 2,
         "mlp_size": 32,
         "max_positions": 64,
-        "block_size": 8,
-        "num_global": 8,
+        "attention": {"block_size": 8, "num_global": 8},
         "saor": {"alpha": 1.0, "roll_tokens": 3},
     },
     "train": {

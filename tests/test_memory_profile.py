@@ -89,12 +89,14 @@ def test_models_are_built_from_their_structured_n_not_their_label() -> None:
         ("BlockBERT n=3", 3),
     ]
     blockbert = build_model(ProfiledModel("any label", blocks=3), 48, config).config
-    assert (blockbert.pattern, blockbert.block_size, blockbert.block_multiple) == (
+    attention = blockbert.attention
+    assert (attention.pattern, attention.block_size, attention.block_multiple) == (
         "blockbert",
         16,
         3,
     )
-    assert build_model(ProfiledModel("BlockBERT n=3"), 48, config).config.pattern == "dense"
+    bert = build_model(ProfiledModel("BlockBERT n=3"), 48, config).config
+    assert bert.attention.pattern == "dense"
 
 
 def test_blockbert_divides_the_quadratic_activation_memory_by_n() -> None:

@@ -12,6 +12,7 @@ import torch
 
 from ernie_sparse.attention.combiner import COMBINER_VARIANTS, VARIANTS, combiner_reference
 from ernie_sparse.models import PRESETS, Encoder, ModelConfig, preset
+from ernie_sparse.models.presets import merge_overrides
 
 VOCAB = 13
 CAUSAL_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.causal)
@@ -26,20 +27,17 @@ def small(**overrides) -> ModelConfig:
         num_layers=2,
         mlp_size=24,
         max_positions=64,
-        block_size=8,
+        attention={"block_size": 8, "dropout": 0.0},
         dropout=0.0,
-        attention_dropout=0.0,
     )
-    return ModelConfig(**{**values, **overrides})
+    return ModelConfig(**merge_overrides(values, overrides))
 
 
 def combiner_config(variant: str, causal: bool, **overrides) -> ModelConfig:
     span = 2 if VARIANTS[variant].span_power_of_two else 4
     layer_norm = "pre" if causal else "post"  # cover both residual orders
     return small(
-        attention="combiner",
-        combiner_variant=variant,
-        combiner_span=span,
+        attention={"kind": "combiner", "combiner_variant": variant, "combiner_span": span},
         causal=causal,
         layer_norm=layer_norm,
         **overrides,
@@ -57,37 +55,43 @@ def batch(generator: torch.Generator, lengths: tuple[int, ...]) -> tuple[torch.T
 
 def test_defaults_keep_every_existing_model() -> None:
     config = ModelConfig(vocab_size=VOCAB)
-    assert (config.attention, config.causal) == ("sparse", False)
-    assert (config.combiner_span, config.combiner_clusters) == (0, 0)
+    assert (config.attention.kind, config.causal) == ("sparse", False)
+    assert (config.attention.combiner_span, config.attention.combiner_clusters) == (0, 0)
     # Sparse bidirectional encoders still pad to whole blocks (the layouts need them).
     assert Encoder(small()).plan(13).length == 16
-    assert Encoder(small(attention="combiner")).plan(13).length == 13
+    assert Encoder(small(attention={"kind": "combiner"})).plan(13).length == 13
+
+
+COMBINER = {"kind": "combiner"}
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"attention": "linear"}, "attention must be one of"),
-        ({"combiner_span": -1}, "combiner_span must be an integer >= 0"),
-        ({"attention": "combiner", "combiner_variant": "nope"}, "combiner_variant must be one of"),
-        ({"attention": "combiner", "pattern": "bigbird"}, "replaces the block pattern"),
-        ({"attention": "combiner", "num_global": 4}, "Combiner has no global tokens"),
+        ({"attention": {"kind": "linear"}}, "attention.kind must be one of"),
+        ({"attention": {"combiner_span": -1}}, "combiner_span must be an integer >= 0"),
         (
-            {"attention": "combiner", "combiner_variant": "logsparse", "combiner_span": 3},
+            {"attention": {**COMBINER, "combiner_variant": "nope"}},
+            "combiner_variant must be one of",
+        ),
+        ({"attention": {**COMBINER, "pattern": "bigbird"}}, "replaces the block pattern"),
+        ({"attention": {**COMBINER, "num_global": 4}}, "Combiner has no global tokens"),
+        (
+            {"attention": {**COMBINER, "combiner_variant": "logsparse", "combiner_span": 3}},
             "power of two",
         ),
-        ({"attention": "combiner", "combiner_clusters": 3}, "applies only to"),
+        ({"attention": {**COMBINER, "combiner_clusters": 3}}, "applies only to"),
         (
-            {"attention": "combiner", "combiner_variant": "learnable", "causal": True},
+            {"attention": {**COMBINER, "combiner_variant": "learnable"}, "causal": True},
             "'learnable' cannot be causal",
         ),
         (
-            {"attention": "combiner", "combiner_variant": "mixture", "num_heads": 1},
+            {"attention": {**COMBINER, "combiner_variant": "mixture"}, "num_heads": 1},
             "num_heads >= 2",
         ),
-        ({"causal": True, "pattern": "bigbird"}, "needs pattern='dense'"),
+        ({"causal": True, "attention": {"pattern": "bigbird"}}, "needs attention.pattern='dense'"),
         ({"causal": True, "hst": {"enabled": True}}, "cannot use HST"),
-        ({"causal": True, "num_global": 2}, "cannot use global tokens"),
+        ({"causal": True, "attention": {"num_global": 2}}, "cannot use global tokens"),
         ({"causal": True, "saor": {"alpha": 1.0}}, "SAOR's roll"),
     ],
 )
@@ -98,14 +102,19 @@ def test_config_refuses_bad_combinations(values, message) -> None:
 
 def test_allowed_combinations_and_presets() -> None:
     small(causal=True, saor={"alpha": 1.0, "mode": "dropout"})  # R-Drop has no roll
-    small(attention="combiner", hst={"enabled": True})  # bidirectional Combiner + HST
-    assert small(attention="combiner", max_positions=784).combiner_partition == 28
-    assert small(attention="combiner", combiner_variant="logsparse").combiner_partition is None
-    learnable = small(attention="combiner", combiner_variant="learnable", max_positions=50)
+    small(attention={"kind": "combiner"}, hst={"enabled": True})  # bidirectional Combiner + HST
+    assert small(attention={"kind": "combiner"}, max_positions=784).combiner_partition == 28
+    assert (
+        small(attention={"kind": "combiner", "combiner_variant": "logsparse"}).combiner_partition
+        is None
+    )
+    learnable = small(
+        attention={"kind": "combiner", "combiner_variant": "learnable"}, max_positions=50
+    )
     assert (learnable.combiner_cluster_count, small().combiner_cluster_count) == (8, None)
     for variant in COMBINER_VARIANTS:
         config = preset(f"combiner-{variant}", vocab_size=VOCAB)
-        assert (config.attention, config.combiner_variant, config.causal) == (
+        assert (config.attention.kind, config.attention.combiner_variant, config.causal) == (
             "combiner",
             variant,
             False,
@@ -119,32 +128,32 @@ def test_allowed_combinations_and_presets() -> None:
 def test_config_and_presets_follow_each_variant_record(name) -> None:
     """ModelConfig and the presets read the record: a new variant needs no edit there."""
     variant = VARIANTS[name]
-    combiner = {"attention": "combiner", "combiner_variant": name}
-    assert preset(f"combiner-{name}", vocab_size=VOCAB).combiner_variant == name
+    combiner = {"kind": "combiner", "combiner_variant": name}
+    assert preset(f"combiner-{name}", vocab_size=VOCAB).attention.combiner_variant == name
     assert (f"causal-combiner-{name}" in PRESETS) == variant.causal
     if variant.causal:
-        assert small(**combiner, causal=True).causal
+        assert small(attention=combiner, causal=True).causal
     else:
         with pytest.raises(ValueError, match=re.escape(variant.causal_refusal)):
-            small(**combiner, causal=True)
+            small(attention=combiner, causal=True)
     if variant.min_heads > 1:
         heads = variant.min_heads - 1
         with pytest.raises(ValueError, match=f"num_heads >= {variant.min_heads}"):
-            small(**combiner, num_heads=heads, hidden_size=8 * heads)
+            small(attention=combiner, num_heads=heads, hidden_size=8 * heads)
     if variant.span_power_of_two:
         with pytest.raises(ValueError, match="combiner_span to be a power of two"):
-            small(**combiner, combiner_span=3)
+            small(attention={**combiner, "combiner_span": 3})
     else:
-        assert small(**combiner, combiner_span=3).combiner_partition == 3
+        assert small(attention={**combiner, "combiner_span": 3}).combiner_partition == 3
     if variant.takes_clusters:
-        assert small(**combiner, combiner_clusters=3).combiner_cluster_count == 3
+        assert small(attention={**combiner, "combiner_clusters": 3}).combiner_cluster_count == 3
     else:
-        assert small(**combiner).combiner_cluster_count is None
+        assert small(attention=combiner).combiner_cluster_count is None
         with pytest.raises(ValueError, match="combiner_clusters applies only to"):
-            small(**combiner, combiner_clusters=3)
+            small(attention={**combiner, "combiner_clusters": 3})
     # The model's span is fixed by max_positions unless the default does not depend on N.
     expected = None if variant.default_span is not None else 8  # ceil(sqrt(64))
-    assert small(**combiner).combiner_partition == expected
+    assert small(attention=combiner).combiner_partition == expected
 
 
 # --- plumbing: the encoder equals a hand-written transformer on the reference ---
@@ -186,7 +195,7 @@ def on_reference(config: ModelConfig, *, span: int | None = None):
             q,
             k,
             v,
-            variant=config.combiner_variant,
+            variant=config.attention.combiner_variant,
             causal=config.causal,
             key_padding_mask=mask,
             span=span or config.combiner_partition,
@@ -268,5 +277,5 @@ def test_causal_dense_padding_invariance_and_dropout_runs(generator) -> None:
     torch.testing.assert_close(
         encoder(ids[1:, :10]).hidden_states, encoder(ids[1:]).hidden_states[:, :10]
     )
-    drop = Encoder(small(causal=True, attention_dropout=0.5, dropout=0.1)).train()
+    drop = Encoder(small(causal=True, attention={"dropout": 0.5}, dropout=0.1)).train()
     assert torch.isfinite(drop(ids, mask).hidden_states).all()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ernie_sparse.models import (
     PRESETS,
+    AttentionConfig,
     MaskedLM,
     ModelConfig,
     MultipleChoice,
@@ -20,13 +21,14 @@ from ernie_sparse.models import (
 )
 from ernie_sparse.models.encoder import Encoder
 from ernie_sparse.models.hierarchical import hierarchical_attention, pool
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.models.structure import plan_sequence
 
 VOCAB = 50
 
 
 def small_config(**overrides) -> ModelConfig:
-    return ModelConfig.from_dict({**_small(), **overrides})
+    return ModelConfig.from_dict(merge_overrides(_small(), overrides))
 
 
 def random_batch(generator, *, batch=3, length=29, lengths=(29, 17, 9)):
@@ -78,7 +80,7 @@ def reference_encoder(encoder: Encoder, ids: torch.Tensor, mask: torch.Tensor) -
 @pytest.mark.parametrize("layer_norm", ["post", "pre"])
 @pytest.mark.parametrize("backend", ["blocked", "reference"])
 def test_dense_encoder_equals_reference_transformer(generator, layer_norm, backend) -> None:
-    config = small_config(pattern="dense", layer_norm=layer_norm, attention_backend=backend)
+    config = small_config(attention={"pattern": "dense", "backend": backend}, layer_norm=layer_norm)
     encoder = Encoder(config).eval()
     ids, mask = random_batch(generator)
     got = encoder(ids, mask).hidden_states
@@ -107,7 +109,9 @@ def test_representative_positions_for_odd_lengths() -> None:
 
 
 def test_all_padding_blocks_have_masked_representatives(generator) -> None:
-    config = small_config(pattern="bigbird", num_global=3, hst={"enabled": True}, block_size=5)
+    config = small_config(
+        attention={"pattern": "bigbird", "num_global": 3, "block_size": 5}, hst={"enabled": True}
+    )
     encoder = Encoder(config).eval()
     ids, mask = random_batch(generator, length=23, lengths=(23, 12, 4))
     out = encoder(ids, mask)
@@ -122,7 +126,8 @@ def test_all_padding_blocks_have_masked_representatives(generator) -> None:
 
 def test_padding_does_not_change_a_sequences_outputs(generator) -> None:
     config = small_config(
-        pattern="window", num_global=4, hst={"enabled": True, "pooling": "max"}, block_size=5
+        attention={"pattern": "window", "num_global": 4, "block_size": 5},
+        hst={"enabled": True, "pooling": "max"},
     )
     encoder = Encoder(config).eval()
     ids, mask = random_batch(generator, batch=2, length=40, lengths=(40, 21))
@@ -134,7 +139,8 @@ def test_padding_does_not_change_a_sequences_outputs(generator) -> None:
 
 def test_documents_no_longer_than_the_globals_keep_one_representative(generator) -> None:
     config = small_config(
-        pattern="window", num_global=4, hst={"enabled": True, "pooling": "mean"}, block_size=5
+        attention={"pattern": "window", "num_global": 4, "block_size": 5},
+        hst={"enabled": True, "pooling": "mean"},
     )
     encoder = Encoder(config).eval()
     ids, mask = random_batch(generator, batch=3, length=40, lengths=(40, 4, 3))
@@ -190,7 +196,9 @@ def test_hst_changes_only_through_representatives(generator) -> None:
     """With local attention and no globals, blocks can only meet through HST."""
     # A wide initialization so that one token's change is large after two layers.
     config = small_config(
-        pattern="local", hst={"enabled": True}, block_size=4, initializer_range=0.5
+        attention={"pattern": "local", "block_size": 4},
+        hst={"enabled": True},
+        initializer_range=0.5,
     )
     torch.manual_seed(0)  # the parameters: some draws pass the change on only weakly
     encoder = Encoder(config).eval()
@@ -200,7 +208,7 @@ def test_hst_changes_only_through_representatives(generator) -> None:
     before, after = encoder(ids).hidden_states, encoder(changed).hidden_states
     # the first block sees it via HST (far above float32 rounding; without HST exactly 0)
     assert (before[0, :3] - after[0, :3]).abs().max() > 1e-5
-    no_hst = Encoder(small_config(pattern="local", block_size=4)).eval()
+    no_hst = Encoder(small_config(attention={"pattern": "local", "block_size": 4})).eval()
     torch.testing.assert_close(
         no_hst(ids).hidden_states[0, :4], no_hst(changed).hidden_states[0, :4]
     )
@@ -232,7 +240,8 @@ def test_backends_agree_on_the_ernie_sparse_encoder(generator) -> None:
     outputs = []
     for backend in ("reference", "blocked"):
         config = preset(
-            "ernie-sparse", **_small(), attention_backend=backend, pattern_seed=3, num_global=5
+            "ernie-sparse",
+            **_small(backend=backend, pattern_seed=3, num_global=5),
         )
         torch.manual_seed(0)
         model = SequenceClassifier(config, num_labels=3).eval()
@@ -245,7 +254,8 @@ def test_backends_agree_on_the_ernie_sparse_encoder(generator) -> None:
         torch.testing.assert_close(ref, got, atol=1e-5, rtol=1e-4)
 
 
-def _small() -> dict:
+def _small(**attention) -> dict:
+    """Small sizes; ``attention`` settings on top of a 4-token block without dropout."""
     return dict(
         vocab_size=VOCAB,
         hidden_size=16,
@@ -253,9 +263,8 @@ def _small() -> dict:
         num_layers=2,
         mlp_size=32,
         max_positions=128,
-        block_size=4,
+        attention={"block_size": 4, "dropout": 0.0, **attention},
         dropout=0.0,
-        attention_dropout=0.0,
     )
 
 
@@ -312,7 +321,7 @@ VARIANTS = {  # preset, HST settings
 @pytest.mark.parametrize("head", HEADS)
 def test_every_parameter_gets_a_gradient(generator, head, variant) -> None:
     name, hst = VARIANTS[variant]
-    config = preset(name, **_small(), num_global=4, hst=hst)
+    config = preset(name, **_small(num_global=4), hst=hst)
     model_class, kwargs, batch = head_inputs(head, generator)
     model = model_class(config, **kwargs).train()
     out = model(**batch)
@@ -323,7 +332,7 @@ def test_every_parameter_gets_a_gradient(generator, head, variant) -> None:
 
 
 def test_head_output_shapes(generator) -> None:
-    config = preset("ernie-sparse", **_small(), num_global=4)
+    config = preset("ernie-sparse", **_small(num_global=4))
     shapes = {}
     for head in HEADS:
         model_class, kwargs, batch = head_inputs(head, generator)
@@ -389,17 +398,23 @@ def test_table5_and_table6_variants_are_configuration_only() -> None:
     ("values", "message"),
     [
         ({"hidden_size": 10, "num_heads": 3}, "not divisible"),
-        ({"pattern": "nope"}, "pattern must be one of"),
-        ({"pattern": "window", "pattern_params": {"widht": 1}}, "widht"),
+        ({"attention": {"pattern": "nope"}}, "attention.pattern must be one of"),
+        ({"attention": {"pattern": "window", "pattern_params": {"widht": 1}}}, "widht"),
         (
-            {"pattern": "blockbert", "pattern_params": {"head_split": "1:1"}, "num_heads": 4},
+            {
+                "attention": {"pattern": "blockbert", "pattern_params": {"head_split": "1:1"}},
+                "num_heads": 4,
+            },
             "covers 2 heads",
         ),
         ({"hst": {"pooling": "min"}}, "hst.pooling"),
         ({"saor": {"alpha": -1.0}}, "alpha"),
         ({"hidden_sise": 3}, "unknown config key"),
         ({"num_layers": "2"}, "num_layers must be int"),
-        ({"attention_backend": "fast"}, "attention_backend"),
+        ({"attention": {"backend": "fast"}}, "attention.backend"),
+        ({"attention": {"block_sise": 8}}, r"unknown config key\(s\) attention\.block_sise"),
+        ({"attention": {"dropout": 1.0}}, r"attention.dropout must be in \[0, 1\)"),
+        ({"attention": "sparse", "attention.kind": "sparse"}, "unknown config key"),
     ],
 )
 def test_bad_configs_are_refused_by_name(values, message) -> None:
@@ -411,19 +426,88 @@ def test_config_round_trips_and_overrides() -> None:
     config = preset("ernie-sparse", vocab_size=9)
     assert ModelConfig.from_dict(config.to_dict()) == config
     changed = config.with_overrides(
-        {"num_layers": 2, "saor.alpha": 1, "pattern_params.num_random": 1}
+        {"num_layers": 2, "saor.alpha": 1, "attention.pattern_params.num_random": 1}
     )
-    assert (changed.num_layers, changed.saor.alpha, changed.pattern_params["num_random"]) == (
-        2,
-        1.0,
-        1,
-    )
+    assert (changed.num_layers, changed.saor.alpha) == (2, 1.0)
+    assert changed.attention.pattern_params == {"window_width": 1, "num_random": 1}
     with pytest.raises(ValueError, match=r"unknown config key 'hst\.pooll'"):
         config.with_overrides({"hst.pooll": "max"})
+    with pytest.raises(ValueError, match=r"block_size is now attention\.block_size"):
+        config.with_overrides({"block_size": 32})
+    with pytest.raises(ValueError, match=r"attention is now attention\.kind"):
+        config.with_overrides({"attention": "combiner"})
+
+
+# --- configs saved before the attention settings were grouped still load ---
+
+LEGACY_ATTENTION = {  # the flat keys of older config.yaml / config.json files
+    "pattern": "bigbird",
+    "pattern_params": {"window_width": 1, "num_random": 1},
+    "block_size": 8,
+    "num_global": 16,
+    "pattern_seed": 3,
+    "resample_pattern": True,
+    "attention_backend": "reference",
+    "attention_dropout": 0.25,
+    "attention": "sparse",
+    "combiner_variant": "fixed",
+    "combiner_span": 4,
+    "combiner_clusters": 2,
+}
+
+
+def test_legacy_flat_attention_keys_move_into_the_attention_section() -> None:
+    config = ModelConfig.from_dict({"vocab_size": 10, **LEGACY_ATTENTION})
+    assert config.attention == AttentionConfig(
+        kind="sparse",
+        pattern="bigbird",
+        pattern_params={"window_width": 1, "num_random": 1},
+        block_size=8,
+        num_global=16,
+        pattern_seed=3,
+        resample_pattern=True,
+        backend="reference",
+        dropout=0.25,
+        combiner_variant="fixed",
+        combiner_span=4,
+        combiner_clusters=2,
+    )
+    assert ModelConfig.from_dict(config.to_dict()) == config  # saved again in the new keys
+    combiner = ModelConfig.from_dict({"vocab_size": 10, "attention": "combiner"})
+    assert combiner.attention.kind == "combiner"
+
+
+def test_legacy_keys_mixed_with_their_new_spelling_are_refused() -> None:
+    both = {"vocab_size": 10, "block_size": 8, "attention": {"block_size": 16}}
+    with pytest.raises(
+        ValueError, match=r"model\.block_size \(the old spelling\) and model\.attention\.block_size"
+    ):
+        ModelConfig.from_dict(both)
+    dropout = {"vocab_size": 10, "attention_dropout": 0.1, "attention": {"dropout": 0.2}}
+    with pytest.raises(
+        ValueError, match=r"attention_dropout .* and model\.attention\.dropout .* same setting"
+    ):
+        ModelConfig.from_dict(dropout)
+    # other settings of the two spellings combine: nothing is dropped
+    mixed = ModelConfig.from_dict(
+        {"vocab_size": 10, "block_size": 8, "attention": {"pattern": "local"}}
+    )
+    assert (mixed.attention.block_size, mixed.attention.pattern) == (8, "local")
+
+
+def test_written_config_takes_only_the_new_keys() -> None:
+    with pytest.raises(ValueError, match=r"num_global is now attention\.num_global"):
+        preset("bigbird", vocab_size=9, num_global=4)
+    with pytest.raises(ValueError, match=r"attention is now attention\.kind"):
+        preset("dense", vocab_size=9, attention="combiner")
+    with pytest.raises(TypeError, match="attention must be a AttentionConfig or a mapping"):
+        ModelConfig(vocab_size=9, attention="combiner")
 
 
 def test_bad_inputs_are_refused_by_name(generator) -> None:
-    encoder = Encoder(small_config(hst={"enabled": True}, num_global=4, pattern="bigbird"))
+    encoder = Encoder(
+        small_config(hst={"enabled": True}, attention={"num_global": 4, "pattern": "bigbird"})
+    )
     ids, mask = random_batch(generator)
     with pytest.raises(ValueError, match="exceeds max_positions=128"):
         encoder(torch.zeros(1, 129, dtype=torch.long))
@@ -448,17 +532,17 @@ def test_blockbert_pads_to_whole_parts(generator) -> None:
 
 
 def test_resampled_patterns_differ_per_step_and_freeze_in_eval(generator) -> None:
-    config = preset("bigbird", **_small(), resample_pattern=True, num_global=4)
+    config = preset("bigbird", **_small(resample_pattern=True, num_global=4))
     encoder = Encoder(config)
     plan = encoder.plan(60)
     first = encoder.layouts.for_layers(plan, training=True)
     second = encoder.layouts.for_layers(plan, training=True)
-    assert any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert any(a.key != b.key for a, b in zip(first, second, strict=True))
     frozen = encoder.layouts.for_layers(plan, training=False)
     assert frozen is encoder.layouts.for_layers(plan, training=False)
     again = Encoder(config).layouts.for_layers(plan, training=False)
-    assert all(torch.equal(a, b) for a, b in zip(frozen, again, strict=True))
-    assert not torch.equal(frozen[0], frozen[1])  # each layer draws its own random blocks
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(frozen, again, strict=True))
+    assert not torch.equal(frozen[0].tensor, frozen[1].tensor)  # each layer draws its own
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(generator) -> None:
@@ -466,7 +550,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(generator) -> None:
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = SequenceClassifier(preset("ernie-sparse", **_small(), num_global=4), num_labels=2)
+        model = SequenceClassifier(preset("ernie-sparse", **_small(num_global=4)), num_labels=2)
         model.encoder.gradient_checkpointing = checkpointing
         model(ids, mask, labels=torch.tensor([0, 1, 1])).loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])

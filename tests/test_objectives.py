@@ -184,8 +184,7 @@ def _model(model_class, *, alpha, mode="roll", roll=3, **kwargs):
         num_heads=2,
         num_layers=2,
         mlp_size=32,
-        block_size=4,
-        num_global=2,
+        attention={"block_size": 4, "num_global": 2},
         max_positions=64,
         saor={"alpha": alpha, "mode": mode, "roll_tokens": roll},
     )
@@ -254,7 +253,7 @@ class TokenEcho(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = preset("dense", vocab_size=40, num_global=2)
+        self.config = preset("dense", vocab_size=40, attention={"num_global": 2})
         self.table = torch.nn.Embedding(40, 5)
 
     def forward(self, input_ids, attention_mask=None):

@@ -13,6 +13,7 @@ import torch
 from ernie_sparse.cli import main
 from ernie_sparse.models import MaskedLM, ModelConfig, SequenceClassifier, SpanQA
 from ernie_sparse.models.onnx_export import export_onnx, run_onnx
+from ernie_sparse.models.presets import merge_overrides
 
 pytest.importorskip("onnx", reason="ONNX export needs: pip install 'ernie-sparse[onnx]'")
 pytest.importorskip("onnxruntime", reason="the check needs: pip install 'ernie-sparse[onnx]'")
@@ -31,13 +32,15 @@ def tiny_config(**overrides) -> ModelConfig:
         mlp_size=24,
         max_positions=64,
         type_vocab_size=2,
-        block_size=4,
-        pattern="bigbird",
-        pattern_params={"window_width": 1, "num_random": 1},
-        num_global=4,
+        attention={
+            "block_size": 4,
+            "pattern": "bigbird",
+            "pattern_params": {"window_width": 1, "num_random": 1},
+            "num_global": 4,
+        },
         hst={"enabled": True, "pooling": "mean"},
     )
-    return ModelConfig(**{**values, **overrides})
+    return ModelConfig(**merge_overrides(values, overrides))
 
 
 def padded_batch(length: int, *, seed: int) -> dict[str, torch.Tensor]:
@@ -61,7 +64,7 @@ def build(head: type, config: ModelConfig) -> torch.nn.Module:
 @pytest.mark.parametrize("head", [SequenceClassifier, MaskedLM, SpanQA])
 def test_onnx_matches_pytorch_at_two_lengths(tmp_path, head, one_thread):
     model = build(head, tiny_config())
-    assert model.config.attention_backend == "auto"  # PyTorch below: blocked on the CPU
+    assert model.config.attention.backend == "auto"  # PyTorch below: blocked on the CPU
     for length in LENGTHS:
         path = tmp_path / f"model-{length}.onnx"
         done = export_onnx(model, path, length=length)
@@ -139,7 +142,8 @@ def test_onnx_export_refuses_what_it_cannot_serve(tmp_path):
     with pytest.raises(ValueError, match=r"ONNX length must be an integer in \[2, max_positions"):
         export_onnx(model, tmp_path / "m.onnx", length=65)
     combiner_config = tiny_config(
-        attention="combiner", pattern="dense", pattern_params={}, num_global=0, hst={}
+        attention={"kind": "combiner", "pattern": "dense", "pattern_params": {}, "num_global": 0},
+        hst={},
     )
     combiner = build(SequenceClassifier, combiner_config)
     with pytest.raises(ValueError, match="block-sparse attention only, not Combiner"):
@@ -188,8 +192,7 @@ def listops_run(tmp_path_factory):
             "num_layers": 2,
             "mlp_size": 32,
             "max_positions": 64,
-            "block_size": 8,
-            "num_global": 8,
+            "attention": {"block_size": 8, "num_global": 8},
         },
         "train": {
             "task": "listops",

@@ -14,6 +14,7 @@ import torch
 from ernie_sparse.attention import validation
 from ernie_sparse.attention.combiner import COMBINER_VARIANTS
 from ernie_sparse.models import Encoder, ModelConfig, config, presets
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.patterns import (
     PATTERNS,
     SPECS,
@@ -35,11 +36,9 @@ def model(name: str, *, num_heads: int, **overrides) -> ModelConfig:
         num_layers=1,
         mlp_size=8,
         max_positions=256,
-        block_size=4,
-        pattern=name,
-        pattern_params=dict(SPECS[name].example),
+        attention={"block_size": 4, "pattern": name, "pattern_params": dict(SPECS[name].example)},
     )
-    return ModelConfig(**{**values, **overrides})
+    return ModelConfig(**merge_overrides(values, overrides))
 
 
 def declared(name: str) -> PatternConstraints:
@@ -84,7 +83,7 @@ def test_head_count_constraints_are_enforced_naming_the_field(name) -> None:
 def test_block_multiples_reach_the_sequence_plan(name) -> None:
     needs = declared(name)
     config = model(name, num_heads=needs.num_heads or 2)
-    assert config.block_multiple == needs.block_multiple
+    assert config.attention.block_multiple == needs.block_multiple
     encoder = Encoder(config)
     for length in (1, 5, 13, 30):
         plan = encoder.plan(length)
@@ -97,13 +96,14 @@ def test_only_full_patterns_go_without_a_layout(name) -> None:
     """Combiner and a dense causal decoder replace the layout: only a full pattern allows it."""
     heads = declared(name).num_heads or 2
     if SPECS[name].full and not SPECS[name].example:
-        assert model(name, num_heads=heads, attention="combiner").attention == "combiner"
+        combiner = model(name, num_heads=heads, attention={"kind": "combiner"})
+        assert combiner.attention.kind == "combiner"
         assert model(name, num_heads=heads, causal=True).causal
         return
     with pytest.raises(ValueError, match="replaces the block pattern"):
-        model(name, num_heads=heads, attention="combiner")
+        model(name, num_heads=heads, attention={"kind": "combiner"})
     if not SPECS[name].full:
-        with pytest.raises(ValueError, match=re.escape(f"got pattern={name!r}")):
+        with pytest.raises(ValueError, match=re.escape(f"got attention.pattern={name!r}")):
             model(name, num_heads=heads, causal=True)
 
 
@@ -119,7 +119,7 @@ def test_a_new_pattern_is_validated_from_its_declaration_alone(monkeypatch) -> N
     spec = PatternSpec(striped, example={"parts": 3}, constraints=needs)
     monkeypatch.setitem(SPECS, "striped", spec)
     monkeypatch.setitem(PATTERNS, "striped", striped)
-    assert model("striped", num_heads=3).block_multiple == 3
+    assert model("striped", num_heads=3).attention.block_multiple == 3
     with pytest.raises(ValueError, match=r"pattern_params\.parts=3 covers 3 heads"):
         model("striped", num_heads=2)
 

@@ -18,12 +18,13 @@ from ernie_sparse.data.qa import read_span_qa
 from ernie_sparse.data.tokenize import Subword
 from ernie_sparse.files import load_safetensors
 from ernie_sparse.models import SequenceClassifier, SpanQA
-from ernie_sparse.training.config import load_run_config, preset_values, resolve
+from ernie_sparse.training.config import load_run_config, merge_values, preset_values, resolve
 from ernie_sparse.training.loop import Run
 
 pytest.importorskip("tokenizers")
 VOCAB_SIZE = 5 + len(WORDS)  # test_finetune_tasks' specials and words
-QA_WINDOW = {"max_length": 32, "doc_stride": 8, "max_answer_tokens": 16}  # 5 windows each
+QA_WINDOW = {"doc_stride": 8, "max_answer_tokens": 16}  # train.qa; 32 tokens: 5 windows each
+QA_LENGTH = 32
 
 
 def documents_folder(root: Path, labels: tuple[str, ...] = ("low", "high")) -> Path:
@@ -49,8 +50,9 @@ def corpus_folder(root: Path) -> Path:
 
 def train_run(out: Path, preset: str, **train) -> Path:
     values = preset_values(preset)
-    values["model"].update(TINY_MODEL, vocab_size=VOCAB_SIZE)
-    values["train"].update(max_steps=4, eval_every=2, batch_size=2, warmup_steps=1, **train)
+    values["model"] = merge_values(values["model"], {**TINY_MODEL, "vocab_size": VOCAB_SIZE})
+    steps = {"max_steps": 4, "eval_every": 2, "batch_size": 2, "warmup_steps": 1}
+    values["train"] = merge_values(values["train"], {**steps, **train})
     Run(resolve(values), out, resume=False, quiet=True).train()
     return out
 
@@ -62,7 +64,7 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     tokenizer = word_tokenizer(root / "tokenizer.json")
     documents = documents_folder(root / "data" / "docs")
     squad = triviaqa_folder(root / "data" / "trivia")
-    common = {"tokenizer": str(tokenizer), "global_prefix": 8}
+    qa = {**QA_WINDOW, "global_prefix": 8}
     return SimpleNamespace(
         root=root,
         tokenizer=tokenizer,
@@ -79,8 +81,9 @@ def runs(tmp_path_factory) -> SimpleNamespace:
             root / "runs" / "trivia",
             "finetune/triviaqa-tiny",
             data=str(squad),
-            **common,
-            **QA_WINDOW,
+            tokenizer=str(tokenizer),
+            max_length=QA_LENGTH,
+            qa=qa,
         ),
         mlm=train_run(
             root / "runs" / "mlm",
@@ -88,7 +91,7 @@ def runs(tmp_path_factory) -> SimpleNamespace:
             data=str(corpus_folder(root / "data" / "corpus")),
             tokenizer=str(tokenizer),
             max_length=32,
-            val_fraction=0.3,
+            mlm={"val_fraction": 0.3},
         ),
     )
 
@@ -211,7 +214,7 @@ def test_predict_squad_answers_are_the_spans_the_logits_pick(runs, tmp_path, cap
     dataset = read_span_qa(
         runs.squad / "dev.json",
         Subword(runs.tokenizer),
-        max_length=QA_WINDOW["max_length"],
+        max_length=QA_LENGTH,
         num_global=8,
         stride=QA_WINDOW["doc_stride"],
         max_answer_tokens=QA_WINDOW["max_answer_tokens"],

@@ -39,7 +39,7 @@ TINY = [
     "model.num_heads=2",
     "model.mlp_size=64",
     "model.num_layers=1",
-    "model.block_size=8",
+    "model.attention.block_size=8",
     "model.max_positions=64",
     "train.max_length=64",
     "train.batch_size=4",
@@ -161,7 +161,7 @@ def test_warm_start_takes_the_checkpoint_config_and_weights(tmp_path, corpus, mo
         num_layers=2,
         mlp_size=48,
         max_positions=64,
-        block_size=8,
+        attention={"block_size": 8},
     )
     torch.manual_seed(5)
     weights = Encoder(base).state_dict()
@@ -185,12 +185,14 @@ def test_warm_start_takes_the_checkpoint_config_and_weights(tmp_path, corpus, mo
     with pytest.raises(ValueError, match=r"model.hidden_size=64 \(checkpoint: 32\)"):
         pretrain_config(args())
     sizes = ["model.hidden_size=32", "model.num_heads=4", "model.mlp_size=48", "model.num_layers=2"]
-    config = pretrain_config(args(*sizes, "model.dropout=0.0", "model.block_size=8"))
+    config = pretrain_config(args(*sizes, "model.dropout=0.0", "model.attention.block_size=8"))
     assert config.train.init_from == str(checkpoint)
     assert config.train.tokenizer == str(checkpoint / "tokenizer.json")
     assert config.model.vocab_size == len(vocab)  # the checkpoint's, not the preset's 8000
     assert config.model.dropout == 0.0  # the run's value on top
-    assert config.model.hst.enabled and config.model.pattern == "bigbird"  # mlm-tiny's preset
+    assert (
+        config.model.hst.enabled and config.model.attention.pattern == "bigbird"
+    )  # mlm-tiny's preset
     run = loop.Run(config, tmp_path / "run", resume=False, quiet=True)
     loaded = run.module.state_dict()
     assert all(torch.equal(loaded[f"encoder.{key}"], value) for key, value in weights.items())

@@ -177,7 +177,10 @@ def test_longer_positions_keep_short_inputs_exact(tmp_path, kind):
 
 def test_hst_init_copy_and_fresh(tmp_path):
     directory, _ = tiny_checkpoint(tmp_path, "bert", mlm=False)
-    overrides = {"pattern": "local", "block_size": 8, "hst": {"enabled": True, "pooling": "mean"}}
+    overrides = {
+        "attention": {"pattern": "local", "block_size": 8},
+        "hst": {"enabled": True, "pooling": "mean"},
+    }
     copied, missing = load_pretrained_head(
         directory, SequenceClassifier, model_overrides=overrides, num_labels=3
     )
@@ -252,7 +255,11 @@ def test_config_alone_is_the_checkpoints_config(tmp_path, kind, monkeypatch):
     from ernie_sparse.models import pretrained
 
     directory, _ = tiny_checkpoint(tmp_path, kind)
-    overrides = {"pattern": "local", "block_size": 8, "max_positions": 64, "hst": {"enabled": True}}
+    overrides = {
+        "attention": {"pattern": "local", "block_size": 8},
+        "max_positions": 64,
+        "hst": {"enabled": True},
+    }
     expected = read_checkpoint(directory, **overrides).config
 
     def no_weights(*args, **kwargs):

@@ -223,8 +223,11 @@ def test_probe_presets_resolve_with_one_base() -> None:
         config = resolve(preset_values(f"probe/{kind}-tiny"))
         assert (config.train.task, config.train.data) == ("probe", f"data/probe-{kind}")
         assert config.model.hst.enabled and config.model.hst.pooling == "cls"
-        assert (config.model.pattern, config.model.pattern_params) == ("window", {"width": 1})
-        assert (config.model.block_size, config.model.num_global) == (16, 0)
+        assert (config.model.attention.pattern, config.model.attention.pattern_params) == (
+            "window",
+            {"width": 1},
+        )
+        assert (config.model.attention.block_size, config.model.attention.num_global) == (16, 0)
         assert config.model.saor.alpha == 0.0 and config.train.max_length == 512
 
 

@@ -212,10 +212,12 @@ def test_saor_never_rolls_the_global_question_prefix(tmp_path, tokenizer) -> Non
         num_heads=2,
         num_layers=1,
         mlp_size=32,
-        block_size=8,
-        num_global=8,
-        pattern="bigbird",
-        pattern_params={"window_width": 1, "num_random": 1},
+        attention={
+            "block_size": 8,
+            "num_global": 8,
+            "pattern": "bigbird",
+            "pattern_params": {"window_width": 1, "num_random": 1},
+        },
         hst={"enabled": True},
         saor={"alpha": 1.0, "roll_tokens": 3},
     )
@@ -345,8 +347,7 @@ def test_candidate_choice_model_masks_filler_choices(tmp_path, tokenizer) -> Non
         num_heads=2,
         num_layers=1,
         mlp_size=32,
-        block_size=8,
-        num_global=8,
+        attention={"block_size": 8, "num_global": 8},
         saor={"alpha": 1.0, "roll_tokens": 2},
     )
     model = CandidateChoice(config).eval()

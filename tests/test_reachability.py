@@ -11,6 +11,7 @@ import torch
 
 from ernie_sparse.models import preset
 from ernie_sparse.models.encoder import Encoder, PatternLayouts
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.models.reachability import encoder_reachability
 from ernie_sparse.models.structure import (
     SequencePlan,
@@ -232,17 +233,20 @@ def test_bad_arguments():
 
 def tiny(name: str = "longformer", **overrides) -> Encoder:
     sizes = dict(hidden_size=16, num_heads=2, num_layers=2, mlp_size=32, max_positions=128)
-    config = preset(name, vocab_size=VOCAB, block_size=4, **{**sizes, **overrides})
+    values = merge_overrides({**sizes, "attention": {"block_size": 4}}, overrides)
+    config = preset(name, vocab_size=VOCAB, **values)
     return Encoder(config).eval()
 
 
 def test_encoder_window_without_hst():
-    encoder = tiny(num_global=0)
+    encoder = tiny(attention={"num_global": 0})
     result = encoder_reachability(encoder, 32, source_token=31)  # 8 blocks of 4 tokens
     assert result.fraction == result.fraction_without_hst == pytest.approx(34 / 64)
     assert result.readout_blocks == result.token_blocks == 8  # mean pooling reads all tokens
     assert result.source_reaches_readout
-    cls = encoder_reachability(tiny(num_global=0, hst={"pooling": "cls"}), 32, source_token=31)
+    cls = encoder_reachability(
+        tiny(attention={"num_global": 0}, hst={"pooling": "cls"}), 32, source_token=31
+    )
     assert (cls.readout_blocks, cls.readout_fraction) == (3, 3 / 8)
     assert cls.describe() == (
         "reachability over 2 layers: 53% of block pairs (HST route off: 53%); "
@@ -254,11 +258,13 @@ def test_encoder_window_with_hst():
     # 24 tokens, 3 per block after the representative: 8 local blocks.
     for pooling in ("mean", "cls"):
         hst = {"enabled": True, "pooling": pooling, "distribute": "representative"}
-        result = encoder_reachability(tiny(num_global=0, hst=hst), 24, source_token=23)
+        result = encoder_reachability(
+            tiny(attention={"num_global": 0}, hst=hst), 24, source_token=23
+        )
         assert result.fraction == 1.0 and result.fraction_without_hst == pytest.approx(34 / 64)
         assert result.readout_blocks == 8 and result.source_reaches_readout
     rep_only = {"enabled": True, "pooling": "mean", "distribute": "representative"}
-    one_layer = tiny(num_global=0, num_layers=1, hst=rep_only)
+    one_layer = tiny(attention={"num_global": 0}, num_layers=1, hst=rep_only)
     result = encoder_reachability(one_layer, 24, source_token=23)
     assert result.fraction == pytest.approx(22 / 64)  # the tokens still see their window
     assert result.readout_blocks == 8  # the representatives met after the layer
@@ -266,7 +272,9 @@ def test_encoder_window_with_hst():
 
 def test_encoder_global_blocks():
     # 2 global blocks + 6 local blocks, window 1, 1 layer: globals see all, all see globals.
-    result = encoder_reachability(tiny(num_global=8, num_layers=1), 32, source_token=31)
+    result = encoder_reachability(
+        tiny(attention={"num_global": 8}, num_layers=1), 32, source_token=31
+    )
     local_pairs = 6 + 2 * 5
     assert result.fraction == pytest.approx((64 - 36 + local_pairs) / 64)
     assert result.readout_blocks == 8
@@ -279,7 +287,7 @@ def autograd_reach(encoder: Encoder, input_len: int) -> tuple[torch.Tensor, torc
     hook = encoder.embeddings.word.register_forward_hook(lambda _m, _i, out: embedded.append(out))
     out = encoder(torch.randint(0, VOCAB, (1, input_len)))
     hook.remove()
-    token_block = encoder.plan(input_len).token_positions // encoder.config.block_size
+    token_block = encoder.plan(input_len).token_positions // encoder.config.attention.block_size
     blocks = token_block.unique()
     assert torch.equal(blocks, torch.arange(len(blocks)))  # unpadded: blocks 0 .. k-1
     weights = torch.randn(encoder.config.hidden_size)  # LayerNorm outputs sum to a constant
@@ -298,19 +306,26 @@ def test_encoder_matches_autograd():
     torch.manual_seed(0)
     sparse = {"window_width": 0, "num_random": 1}
     configs = [
-        ("ernie-sparse", dict(num_layers=1, num_global=4)),
-        ("ernie-sparse", dict(num_global=0, hst={"distribute": "block", "pooling": "cls"})),
-        ("bigbird", dict(num_layers=1, num_global=4)),
-        ("bigbird", dict(num_global=0, hst={"pooling": "cls"})),
+        ("ernie-sparse", dict(num_layers=1, attention={"num_global": 4})),
+        (
+            "ernie-sparse",
+            dict(attention={"num_global": 0}, hst={"distribute": "block", "pooling": "cls"}),
+        ),
+        ("bigbird", dict(num_layers=1, attention={"num_global": 4})),
+        ("bigbird", dict(attention={"num_global": 0}, hst={"pooling": "cls"})),
     ]
     for name, overrides in configs:
-        encoder = tiny(name, pattern_params=sparse, **overrides)
+        encoder = tiny(
+            name, **merge_overrides(overrides, {"attention": {"pattern_params": sparse}})
+        )
         reach, readout = autograd_reach(encoder, 30)
         result = encoder_reachability(encoder, 30)
         assert reach.float().mean().item() == pytest.approx(result.fraction)
         assert int(readout.sum()) == result.readout_blocks
         for token in range(0, 30, 3):
-            block = int(encoder.plan(30).token_positions[token]) // encoder.config.block_size
+            block = (
+                int(encoder.plan(30).token_positions[token]) // encoder.config.attention.block_size
+            )
             answer = encoder_reachability(encoder, 30, source_token=token).source_reaches_readout
             assert answer == bool(readout[block])
 
@@ -326,8 +341,9 @@ def test_layout_free_encoder_reports_dense():
 
 def test_random_layouts_differ_per_seed_and_layer():
     def layouts(seed: int) -> list[torch.Tensor]:
-        encoder = tiny("bigbird", num_layers=4, pattern_seed=seed, num_global=4)
-        return encoder.layouts.for_layers(encoder.plan(120), training=False)
+        encoder = tiny("bigbird", num_layers=4, attention={"pattern_seed": seed, "num_global": 4})
+        keyed = encoder.layouts.for_layers(encoder.plan(120), training=False)
+        return [layout.tensor for layout in keyed]
 
     drawn = {
         (seed, layer): layout for seed in range(4) for layer, layout in enumerate(layouts(seed))

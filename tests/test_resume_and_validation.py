@@ -4,8 +4,10 @@ reused pids, every TrainConfig field validated, truncated weights / configs / me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -112,12 +114,14 @@ def test_resume_extends_max_steps_and_refuses_other_changes_by_name(
 def _spec(data: Path):
     overrides = {"model": {}, "train": {"data": str(data)}}
     for item in ("model.hidden_size=16", "model.num_heads=2", "model.num_layers=1",
-                 "model.mlp_size=32", "model.max_positions=64", "model.block_size=8",
+                 "model.mlp_size=32", "model.max_positions=64", "model.attention.block_size=8",
                  "train.max_length=64", "train.batch_size=8", "train.max_steps=2",
                  "train.eval_every=2"):  # fmt: skip
         key, value = item.split("=")
-        section, name = key.split(".")
-        overrides[section][name] = yaml.safe_load(value)
+        section, name = key.split(".", 1)
+        group, _, leaf = name.rpartition(".")
+        target = overrides[section].setdefault(group, {}) if group else overrides[section]
+        target[leaf] = yaml.safe_load(value)
     return make_spec("robustness", "listops", overrides=overrides, attack_roll=3)
 
 
@@ -155,18 +159,40 @@ def test_a_lock_of_a_reused_pid_is_stale_and_unfinished_runs_fail_the_command(
 
 BAD_TRAIN_VALUES = [
     ("batch_size", 0), ("grad_accum", 0), ("eval_every", 0), ("max_steps", -1),
-    ("lr", -0.1), ("val_fraction", 1.5), ("log_every", 0), ("max_length", 0),
+    ("lr", -0.1), ("mlm.val_fraction", 1.5), ("log_every", 0), ("max_length", 0),
     ("warmup_steps", -1), ("weight_decay", -1.0), ("clip_norm", float("nan")),
-    ("stop_at", -0.5), ("mask_probability", 0.0), ("mask_probability", 1.0),
-    ("doc_stride", 0), ("max_answer_tokens", 0), ("patience", -1), ("decay", "step"),
+    ("stop_at", -0.5), ("mlm.mask_probability", 0.0), ("mlm.mask_probability", 1.0),
+    ("qa.doc_stride", 0), ("qa.max_answer_tokens", 0), ("qa.global_prefix", -1),
+    ("text.val_from_train", 1.0), ("patience", -1), ("decay", "step"),
     ("grad_accum", 16), ("bf16", "yes"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("field", "value"), BAD_TRAIN_VALUES)
 def test_train_config_refuses_bad_values_naming_the_field(field, value) -> None:
-    with pytest.raises((ValueError, TypeError), match=rf"train\.{field}"):
-        TrainConfig(**{field: value, **({"batch_size": 8} if field == "grad_accum" else {})})
+    group, _, name = field.rpartition(".")
+    values = {group: {name: value}} if group else {name: value}
+    if field == "grad_accum":
+        values["batch_size"] = 8
+    with pytest.raises((ValueError, TypeError), match=rf"train\.{re.escape(field)}"):
+        TrainConfig(**values)
+    with pytest.raises((ValueError, TypeError), match=rf"train\.{re.escape(field)}"):
+        TrainConfig.from_dict(values)
+
+
+def test_saved_train_sections_with_flat_task_keys_still_load() -> None:
+    legacy = {"task": "triviaqa", "val_fraction": 0.2, "mask_probability": 0.3,
+              "doc_stride": 64, "max_answer_tokens": 8, "global_prefix": 16,
+              "val_from_train": 0.1}  # fmt: skip
+    train = TrainConfig.from_dict(legacy)
+    assert (train.mlm.val_fraction, train.mlm.mask_probability) == (0.2, 0.3)
+    assert (train.qa.doc_stride, train.qa.max_answer_tokens, train.qa.global_prefix) == (64, 8, 16)
+    assert train.text.val_from_train == 0.1
+    assert TrainConfig.from_dict(dataclasses.asdict(train)) == train
+    with pytest.raises(ValueError, match=r"train\.doc_stride \(the old spelling\) and train\.qa"):
+        TrainConfig.from_dict({"doc_stride": 64, "qa": {"doc_stride": 32}})
+    with pytest.raises(ValueError, match=r"train\.doc_stride is now train\.qa\.doc_stride"):
+        resolve({"model": {"vocab_size": 16}, "train": {"doc_stride": 64}})
 
 
 def test_model_config_refuses_bad_norms_inits_and_global_tokens() -> None:
@@ -174,7 +200,9 @@ def test_model_config_refuses_bad_norms_inits_and_global_tokens() -> None:
         with pytest.raises(ValueError, match=field):
             ModelConfig(vocab_size=16, **{field: value})
     with pytest.raises(ValueError, match=r"num_global=80.*max_positions=64"):
-        ModelConfig(vocab_size=16, max_positions=64, num_global=80, pattern="bigbird")
+        ModelConfig(
+            vocab_size=16, max_positions=64, attention={"num_global": 80, "pattern": "bigbird"}
+        )
 
 
 def test_a_batch_larger_than_the_training_split_is_refused(tmp_path, small_listops) -> None:

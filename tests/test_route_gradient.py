@@ -21,11 +21,11 @@ def ratio(hst: dict | None, *, pattern: str = "window") -> float:
     torch.manual_seed(0)
     params = {"width": 1} if pattern == "window" else {}
     name = "ernie-sparse-no-saor" if hst else "bigbird"
+    attention = {"block_size": 8, "num_global": 0, "pattern": pattern, "pattern_params": params}
     config = preset(
         name, vocab_size=32, hidden_size=32, num_heads=2, num_layers=2, mlp_size=64,
-        block_size=8, num_global=0, pattern=pattern, pattern_params=params, dropout=0.0,
-        attention_dropout=0.0, max_positions=128, layer_norm="pre",
-        hst={"pooling": "cls", **(hst or {})},
+        attention={**attention, "dropout": 0.0}, dropout=0.0, max_positions=128,
+        layer_norm="pre", hst={"pooling": "cls", **(hst or {})},
     )  # fmt: skip
     gradient = far_token_gradient(
         SequenceClassifier(config, 2), examples(), far_block=12, block_tokens=7

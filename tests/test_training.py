@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,8 +18,16 @@ import yaml
 
 from ernie_sparse.cli import main
 from ernie_sparse.data.listops import generate_listops
-from ernie_sparse.models.config import parse_overrides
-from ernie_sparse.training.config import preset_values, resolve
+from ernie_sparse.models.config import LEGACY_MODEL_KEYS, parse_overrides
+from ernie_sparse.training.config import (
+    LEGACY_TRAIN_KEYS,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+    merge_values,
+    preset_values,
+    resolve,
+)
 from ernie_sparse.training.schedule import lr_factor
 
 # --- schedules and presets ---
@@ -53,6 +62,29 @@ def test_presets_resolve_with_one_base_and_overrides() -> None:
         parse_overrides(["train.lr"])
 
 
+def test_grouped_settings_take_dotted_overrides() -> None:
+    values = preset_values("finetune/triviaqa-tiny")
+    overrides = parse_overrides(
+        ["model.attention.pattern=window", "model.attention.pattern_params.width=2",
+         "model.attention.num_global=32", "train.qa.doc_stride=32", "train.qa.global_prefix=32"]
+    )  # fmt: skip
+    config = resolve(merge_values(values, overrides))
+    attention = config.model.attention
+    assert (attention.pattern, attention.pattern_params, attention.num_global) == (
+        "window",
+        {"width": 2},
+        32,
+    )
+    assert attention.block_size == 16  # the preset's, kept beside the overrides
+    assert (config.train.qa.doc_stride, config.train.qa.global_prefix) == (32, 32)
+    assert config.train.qa.max_answer_tokens == 16  # the preset's
+    for legacy, new in (("model.block_size=8", "model.attention.block_size"),
+                        ("model.attention=combiner", "model.attention.kind"),
+                        ("train.doc_stride=8", "train.qa.doc_stride")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"is now {re.escape(new)}"):
+            resolve(merge_values(values, parse_overrides([legacy])))
+
+
 # --- the loop, run as the command line does ---
 
 TINY = {
@@ -64,8 +96,7 @@ TINY = {
         "num_layers": 1,
         "mlp_size": 32,
         "max_positions": 64,
-        "block_size": 8,
-        "num_global": 8,
+        "attention": {"block_size": 8, "num_global": 8},
         "dropout": 0.1,
         "saor": {"alpha": 1.0, "roll_tokens": 3},
     },
@@ -90,9 +121,10 @@ def listops_dir(tmp_path_factory) -> Path:
     return root
 
 
-def write_config(path: Path, data: Path, **train) -> Path:
+def write_config(path: Path, data: Path, *, model: dict | None = None, **train) -> Path:
     values = json.loads(json.dumps(TINY))
     values["train"].update(data=str(data), **train)
+    values["model"].update(model or {})
     path.write_text(yaml.safe_dump(values))
     return path
 
@@ -159,7 +191,7 @@ def free_port() -> int:
 def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
     config = write_config(tmp_path / "run.yaml", listops_dir, max_steps=10, eval_every=5)
     values = yaml.safe_load(config.read_text())
-    values["model"].update(dropout=0.0, attention_dropout=0.0)  # same randomness in both
+    values["model"]["dropout"] = values["model"]["attention"]["dropout"] = 0.0  # same randomness
     config.write_text(yaml.safe_dump(values))
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run(train_command(config, single), check=True, capture_output=True)
@@ -179,6 +211,26 @@ def test_two_process_ddp_matches_one_process(tmp_path, listops_dir) -> None:
     resume = train_command(config, double, "--resume", "--max-steps", "12")
     subprocess.run(resume, check=True, capture_output=True)
     assert records(double)[-1]["step"] == 12
+
+
+SAVED_RUN_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "docs").rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("path", SAVED_RUN_CONFIGS, ids=lambda p: p.parent.name)
+def test_run_configs_saved_with_flat_keys_still_load(path) -> None:
+    """docs/ holds real runs saved before attention and task-only settings were grouped."""
+    flat = yaml.safe_load(path.read_text())
+    assert "block_size" in flat["model"] and "doc_stride" in flat["train"]  # the old keys
+    run = load_run_config(path)
+    for section, legacy in (("model", LEGACY_MODEL_KEYS), ("train", LEGACY_TRAIN_KEYS)):
+        for old, new in legacy.items():
+            group, leaf = new.split(".")
+            moved = getattr(getattr(getattr(run, section), group), leaf)
+            if old in flat[section]:  # (older runs lack some newer settings)
+                assert moved == flat[section][old], f"{section}.{old}"
+    saved = run.to_dict()  # in the new keys
+    assert "block_size" not in saved["model"] and "doc_stride" not in saved["train"]
+    assert RunConfig.from_dict(saved).to_dict() == saved
 
 
 def test_every_preset_resolves() -> None:
@@ -205,7 +257,7 @@ def test_early_stopping_and_gradient_accumulation(tmp_path, listops_dir) -> None
     losses = []
     for config in (whole, split):
         values = yaml.safe_load(config.read_text())
-        values["model"].update(dropout=0.0, attention_dropout=0.0)
+        values["model"]["dropout"] = values["model"]["attention"]["dropout"] = 0.0
         config.write_text(yaml.safe_dump(values))
         out = tmp_path / config.stem
         assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
@@ -237,6 +289,31 @@ def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, listops_dir) -
     assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     losses = [r["loss"] for r in records(out) if "loss" in r]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_compiled_training_on_length_buckets_matches_eager(tmp_path, listops_dir) -> None:
+    """train.compile + train.length_buckets: batches padded to a few lengths, the model
+    compiled in place (aot_eager: tracing without inductor's C++ build); the losses are
+    those of eager training on the same buckets and, without dropout (whose draws follow
+    the padded shapes), of unpadded training."""
+    runs = {}
+    settings = {
+        "eager": {},
+        "buckets": {"length_buckets": 2},
+        "compiled": {"length_buckets": 2, "compile": "aot_eager"},
+    }
+    for name, extra in settings.items():
+        config = write_config(
+            tmp_path / f"{name}.yaml", listops_dir, model={"dropout": 0.0}, max_steps=4,
+            eval_every=4, **extra,
+        )  # fmt: skip
+        out = tmp_path / name
+        assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+        runs[name] = [r["loss"] for r in records(out) if "loss" in r]
+    assert runs["compiled"] == pytest.approx(runs["buckets"], rel=1e-5)
+    assert runs["buckets"] == pytest.approx(runs["eager"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"train\.compile"):
+        TrainConfig(compile="no-such-backend")
 
 
 # --- the task registry ---

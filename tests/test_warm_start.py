@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("transformers")  # the stand-in BERT checkpoints and convert need it
 
@@ -26,8 +27,11 @@ from ernie_sparse.models.convert import convert
 from ernie_sparse.models.pretrained import load_pretrained_head, read_checkpoint
 from ernie_sparse.training.warm_start import warm_start, warm_start_config
 
-HST = {"pattern": "local", "block_size": 8, "hst": {"enabled": True, "pooling": "mean"}}
-NO_HST = {"pattern": "dense", "hst": {"enabled": False, "pooling": "cls"}}
+HST = {
+    "attention": {"pattern": "local", "block_size": 8},
+    "hst": {"enabled": True, "pooling": "mean"},
+}
+NO_HST = {"attention": {"pattern": "dense"}, "hst": {"enabled": False, "pooling": "cls"}}
 
 
 def hierarchical(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,8 +114,29 @@ def test_a_warm_started_mlm_run_reads_the_checkpoint_once(tmp_path, monkeypatch)
     out = tmp_path / "run"
     args = ["pretrain", "--corpus", str(write_corpus(tmp_path / "corpus")), "--out", str(out)]
     args += ["--from", str(bert), "--quiet", "--max-steps", "2"]
-    overrides = ["model.max_positions=40", "model.block_size=8", "model.hst.shared_weights=false"]
+    overrides = [
+        "model.max_positions=40",
+        "model.attention.block_size=8",
+        "model.hst.shared_weights=false",
+    ]
     overrides += ["train.max_length=40", "train.batch_size=2", "train.eval_every=2"]
-    overrides += ["train.val_fraction=0.3"]
+    overrides += ["train.mlm.val_fraction=0.3"]
     assert main([*args, *overrides]) == 0
     assert opened == [bert / "model.safetensors"]
+
+
+def test_a_preset_on_a_warm_start_sets_only_its_own_attention_settings(tmp_path) -> None:
+    """The preset brings its pattern and global tokens; the checkpoint keeps its block
+    size, attention dropout, backend and seed (a run folder saved with the flat keys)."""
+    sizes = {"vocab_size": 50, "hidden_size": 16, "num_heads": 2, "num_layers": 1}
+    flat = {"pattern": "local", "block_size": 16, "attention_dropout": 0.0}
+    flat.update(attention_backend="reference", pattern_seed=7)
+    model = {**sizes, "mlp_size": 32, "max_positions": 256, **flat}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": model, "train": {}}))
+    config = warm_start_config(tmp_path, {}, preset_name="bigbird")
+    attention = config.attention
+    assert (attention.pattern, attention.num_global) == ("bigbird", 128)  # 2 blocks of 64
+    assert (attention.block_size, attention.dropout) == (16, 0.0)
+    assert (attention.backend, attention.pattern_seed) == ("reference", 7)
+    chosen = warm_start_config(tmp_path, {"attention": {"block_size": 32}}, preset_name="bigbird")
+    assert (chosen.attention.block_size, chosen.attention.num_global) == (32, 64)

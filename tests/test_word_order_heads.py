@@ -22,8 +22,9 @@ from ernie_sparse.data.qa import read_span_qa, read_wikihop
 from ernie_sparse.data.tokenize import Subword
 from ernie_sparse.models import MaskedLM, SpanQA, preset
 from ernie_sparse.models.heads import CandidateChoice, TaskOutput, nll_loss
+from ernie_sparse.models.presets import merge_overrides
 from ernie_sparse.objectives import roll_local_tokens, saor_forward, saor_loss
-from ernie_sparse.training.config import preset_values, resolve
+from ernie_sparse.training.config import merge_values, preset_values, resolve
 from ernie_sparse.training.distributed import World
 from ernie_sparse.training.finetune_tasks import choice_collate, span_collate
 from ernie_sparse.training.loop import Run
@@ -55,15 +56,13 @@ def tiny_config(vocab_size: int, **overrides):
         num_heads=2,
         num_layers=2,
         mlp_size=32,
-        block_size=4,
-        num_global=GLOBALS,
+        attention={"block_size": 4, "num_global": GLOBALS, "dropout": 0.0},
         max_positions=64,
         dropout=0.0,
-        attention_dropout=0.0,
         initializer_range=0.5,  # outputs that a roll visibly changes
         saor={"alpha": 1.0, "roll_tokens": 3},
     )
-    return preset("ernie-sparse", **{**values, **overrides})
+    return preset("ernie-sparse", **merge_overrides(values, overrides))
 
 
 # --- TriviaQA: span QA over windows ---
@@ -293,11 +292,11 @@ def test_mlm_bits_per_character_are_the_same_under_a_roll(tmp_path) -> None:
 )
 def test_evaluate_attack_runs_on_the_question_tasks(tmp_path, task, make_data) -> None:
     values = preset_values(f"finetune/{task}-tiny")
-    values["model"].update(TINY_MODEL)
+    values["model"] = merge_values(values["model"], TINY_MODEL)
+    values["train"] = merge_values(values["train"], {"qa": {"global_prefix": 8}})
     values["train"].update(
         data=str(make_data(tmp_path / "data")),
         tokenizer=str(tokenizer_file(tmp_path / "tokenizer.json")),
-        global_prefix=8,
         max_length=64,
         max_steps=2,
         eval_every=2,

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.model import add_arguments as add_model_bench
 
     add_model_bench(bench_kinds.add_parser("model", help="whole models' training step vs length"))
+    from .bench.targets import add_arguments as add_targets
+
+    add_targets(bench_kinds.add_parser("check-targets", help="the GPU acceptance targets"))
     _add_data_commands(commands)
     from .training.cli import add_evaluate_arguments, add_train_arguments
 

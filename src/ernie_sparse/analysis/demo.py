@@ -93,7 +93,7 @@ def _names(cell) -> tuple[str, str]:
     if cell.key == "dense":
         return "dense attention", "all pairs"
     name = "ERNIE-Sparse (HST)" if cell.model["hst"]["enabled"] else "BigBird (no HST)"
-    random = cell.model["pattern_params"].get("num_random", 0)
+    random = cell.model["attention"]["pattern_params"].get("num_random", 0)
     plural = "s" if random > 1 else ""
     return name, f"window + {random} random block{plural}" if random else "window only"
 

@@ -98,18 +98,16 @@ def build_model(model: ProfiledModel, length: int, config: ProfileConfig) -> Seq
         "mlp_size": config.mlp_size,
         "max_positions": length,
         "dropout": config.dropout,
-        "attention_dropout": config.attention_dropout,
-        "attention_backend": "blocked",
     }
+    attention = {"dropout": config.attention_dropout, "backend": "blocked"}
     if not model.blocks:
-        model_config = preset("dense", block_size=length, **sizes)
+        model_config = preset("dense", attention={**attention, "block_size": length}, **sizes)
     else:
         split = head_split(model.blocks, config.num_heads)
         # One layout block per part; N not divisible by n is padded to n blocks inside.
-        block_size = -(-length // model.blocks)
-        model_config = preset(
-            "blockbert", block_size=block_size, pattern_params={"head_split": split}, **sizes
-        )
+        attention["block_size"] = -(-length // model.blocks)
+        attention["pattern_params"] = {"head_split": split}
+        model_config = preset("blockbert", attention=attention, **sizes)
     torch.manual_seed(config.seed)
     return SequenceClassifier(model_config, num_labels=2)
 

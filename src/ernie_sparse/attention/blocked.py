@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from .gathered import gathered_block_attention
-from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
+from .layout_cache import (
+    KeyedLayout,
+    LayoutKey,
+    allowed_blocks_first,
+    derived_from_layout,
+    layout_from_key,
+    layout_tensor,
+)
 from .padding import effective_block_size, pad_to_multiple
 from .reference import masked_attention
 
@@ -78,10 +85,13 @@ def _cached_plan(key: LayoutKey, device: str) -> BlockPlan:
     return BlockPlan(**moved)
 
 
-def block_plan(layout: torch.Tensor, device: torch.device | str | None = None) -> BlockPlan:
+def block_plan(
+    layout: torch.Tensor | KeyedLayout, device: torch.device | str | None = None
+) -> BlockPlan:
     """The visiting plan of ``layout``, cached by content (so resampled layouts just work),
     with its tensors on ``device`` (default: the layout's; ``meta`` for shape inference)."""
-    return _cached_plan(layout_key(layout), str(layout.device if device is None else device))
+    where = str(layout_tensor(layout).device if device is None else device)
+    return derived_from_layout(layout, ("blocked", where), lambda key: _cached_plan(key, where))
 
 
 def _flat_key_index(plan: BlockPlan, batch: int, heads: int, num_blocks: int) -> torch.Tensor:
@@ -168,7 +178,7 @@ def blocked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: torch.Tensor,
+    layout: torch.Tensor | KeyedLayout,
     *,
     block_size: int,
     key_padding_mask: torch.Tensor | None = None,
@@ -178,7 +188,7 @@ def blocked_attention(
     (a block larger than N is cut to N: one block, the same attention)."""
     batch, heads, seq_len, dim = q.shape
     block_size = effective_block_size(block_size, seq_len)
-    num_blocks = layout.shape[-1]
+    num_blocks = layout_tensor(layout).shape[-1]
     q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, block_size)
     plan = block_plan(layout, q.device)
     k, v = _widen_shared_keys(q, k, v, plan)

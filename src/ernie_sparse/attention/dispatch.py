@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
-from .blocked import blocked_attention
-from .flex import flex_available, flex_sparse_attention
-from .fused import FUSED_DTYPES, fused_available, fused_sparse_attention
+from .blocked import block_plan, blocked_attention
+from .flex import flex_available, flex_sparse_attention, layout_block_mask
+from .fused import FUSED_DTYPES, fused_available, fused_sparse_attention, layout_csr
+from .layout_cache import KeyedLayout, layout_tensor
+from .padding import effective_block_size
 from .reference import reference_attention
 from .validation import check_attention_inputs
 
@@ -16,6 +19,8 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "reference": reference_attention,
     "blocked": blocked_attention,
     "flex": flex_sparse_attention,
+    # FlexAttention's FlashAttention-4 kernel (Hopper+, bf16/fp16, flash-attn installed)
+    "flex-fa4": functools.partial(flex_sparse_attention, kernel="flash"),
     "fused": fused_sparse_attention,
 }
 
@@ -41,7 +46,7 @@ def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: torch.Tensor,
+    layout: torch.Tensor | KeyedLayout,
     *,
     block_size: int,
     key_padding_mask: torch.Tensor | None = None,
@@ -53,11 +58,13 @@ def sparse_attention(
     Args:
         q, k, v: ``[B, H, N, D]``, any N (padded to ``block_size`` inside, cut back after).
         layout: bool ``[H or 1, nb, nb]`` with ``nb = ceil(N / block_size)``; True where a
-            query block attends a key block.
+            query block attends a key block. A ``KeyedLayout`` (what models pass) carries
+            its content key and the backends' derived plans, so repeated calls skip hashing.
         block_size: tokens per layout block.
         key_padding_mask: bool ``[B, N]``, True for real tokens; padded keys are never attended.
-        backend: ``"auto"``, ``"reference"``, ``"blocked"``, ``"flex"`` or ``"fused"`` (the
-            C++ CPU kernel, compiled on first use; see ``fused.py``).
+        backend: ``"auto"``, ``"reference"``, ``"blocked"``, ``"flex"``, ``"flex-fa4"``
+            (flex with its FlashAttention-4 kernel; opt-in) or ``"fused"`` (the C++ CPU
+            kernel, compiled on first use; see ``fused.py``).
         dropout_p: attention dropout probability (pass 0.0 in eval mode).
 
     Returns:
@@ -67,7 +74,7 @@ def sparse_attention(
         q,
         k,
         v,
-        layout,
+        layout_tensor(layout),
         block_size=block_size,
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p,
@@ -76,7 +83,8 @@ def sparse_attention(
         backend = choose_backend(q, dropout_p=dropout_p)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
-    if layout.device.type == "meta" and (q.device.type != "meta" or backend != "reference"):
+    meta_layout = layout_tensor(layout).device.type == "meta"
+    if meta_layout and (q.device.type != "meta" or backend != "reference"):
         raise ValueError(
             f"backend {backend!r} needs the layout's values and a layout on the meta device "
             "has none; pass the layout as a CPU tensor (q, k and v may stay on meta)"
@@ -99,3 +107,32 @@ def sparse_attention(
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p,
     )
+
+
+def prepare_layout(
+    layout: KeyedLayout,
+    q: torch.Tensor,
+    *,
+    block_size: int,
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> str:
+    """Build now what ``backend`` derives from ``layout`` for inputs like ``q`` [B, H, N, D]
+    (visiting plan, CSR or BlockMask), as its first call would; returns the backend's name.
+
+    For timing that cost apart from attention (``bench model`` with a resampled pattern)
+    and for building before ``torch.compile(fullgraph=True)`` traces a model.
+    """
+    if backend == "auto":
+        backend = choose_backend(q, dropout_p=dropout_p)
+    seq_len = q.shape[2]
+    if backend == "blocked":
+        block_plan(layout, q.device)
+    elif backend == "fused":
+        layout_csr(layout)
+    elif backend in ("flex", "flex-fa4"):
+        flex_block = effective_block_size(block_size, seq_len, multiple=128)
+        layout_block_mask(layout, flex_block, None, q.device, q.dtype)
+    elif backend != "reference":
+        raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
+    return backend

@@ -36,7 +36,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .layout_cache import LayoutKey, allowed_blocks_first, layout_from_key, layout_key
+from .layout_cache import (
+    KeyedLayout,
+    LayoutKey,
+    allowed_blocks_first,
+    derived_from_layout,
+    layout_from_key,
+)
 from .padding import effective_block_size, pad_to_multiple
 
 logger = logging.getLogger(__name__)
@@ -136,10 +142,16 @@ def _compile() -> BuildStatus:
     return BuildStatus(True)
 
 
-@functools.cache
+_build_status: BuildStatus | None = None
+
+
 def build_status() -> BuildStatus:
-    """Compile (or load the cached build of) the kernel once per process."""
-    status = _compile()
+    """Compile (or load the cached build of) the kernel once per process. A module global,
+    not ``functools.cache``: ``torch.compile`` reads it, where it would trace the build."""
+    global _build_status
+    if _build_status is not None:
+        return _build_status
+    status = _build_status = _compile()
     if not status.ok:
         logger.warning(
             "ernie-sparse: the fused CPU attention kernel is unavailable: %s. "
@@ -176,10 +188,10 @@ def _cached_csr(key: LayoutKey) -> tuple[torch.Tensor, torch.Tensor]:
     return row_offsets.to(torch.int64).contiguous(), cols.to(torch.int64).contiguous()
 
 
-def layout_csr(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def layout_csr(layout: torch.Tensor | KeyedLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR of a layout [Hl, nb, nb]: row offsets [Hl*nb + 1] and key block indices [nnz]
     (row ``h * nb + qb`` lists query block qb's key blocks in head h), cached by content."""
-    return _cached_csr(layout_key(layout))
+    return derived_from_layout(layout, ("fused",), _cached_csr)
 
 
 # --------------------------------------------------------------------------- custom op
@@ -275,7 +287,7 @@ def fused_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: torch.Tensor,
+    layout: torch.Tensor | KeyedLayout,
     *,
     block_size: int,
     key_padding_mask: torch.Tensor | None = None,

@@ -14,6 +14,8 @@ gradients and their sums over query blocks) and rounded once, at the end.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Bytes of float32 scores per chunk. CPU: small enough to stay in a core's L2 cache (2 MiB
@@ -31,8 +33,9 @@ def _chunks(rows: int, slots: int, block_size: int, device: torch.device):
 
 
 def _knows_values(tensor: torch.Tensor) -> bool:
-    """False on the meta device (shape inference), where no value can be read."""
-    return tensor.device.type != "meta"
+    """Whether shortcuts may read the tensor's values: not on the meta device (shape
+    inference, no values) nor under torch.compile (a read would break the graph)."""
+    return tensor.device.type != "meta" and not torch.compiler.is_compiling()
 
 
 def _key_bias(key_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -78,12 +81,33 @@ def _probabilities(scaled_queries, keys, bias, keep_rows):
 
 
 def _dropout_keep(shape, dropout_p, seed, chunk_start, device):
+    """The chunk's dropout mask, regenerated from the seed in the backward. Under
+    torch.compile (which cannot trace a seeded generator) it comes from torch's global
+    generator instead and is kept for the backward: a byte per probability."""
+    if seed is None:
+        return torch.rand(shape, device=device) >= dropout_p
     generator = torch.Generator(device=device).manual_seed(seed + chunk_start)
     return torch.rand(shape, generator=generator, device=device) >= dropout_p
 
 
+def _without_autocast(method):
+    """Run a pass with autocast off: the kernel sets its own precision (float32 scores
+    and probabilities), and the backward must meet the dtypes the forward saved (under
+    bf16 autocast the forward's matmuls would otherwise round to bf16)."""
+
+    @functools.wraps(method)
+    def wrapped(ctx, first, *rest):
+        if not torch.amp.is_autocast_available(first.device.type):  # meta: shapes only
+            return method(ctx, first, *rest)
+        with torch.autocast(first.device.type, enabled=False):
+            return method(ctx, first, *rest)
+
+    return wrapped
+
+
 class GatheredBlockAttention(torch.autograd.Function):
     @staticmethod
+    @_without_autocast
     def forward(
         ctx, queries, key_blocks, value_blocks, key_index, key_mask, dropout_p, keep_for_backward
     ):
@@ -92,7 +116,8 @@ class GatheredBlockAttention(torch.autograd.Function):
         # scale) and rounds only the output, as PyTorch's own SDPA kernels do.
         wide = torch.promote_types(queries.dtype, torch.float32)
         scale = dim**-0.5
-        seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
+        drawn_seed = dropout_p > 0 and not torch.compiler.is_compiling()
+        seed = int(torch.randint(0, 2**62, (1,))) if drawn_seed else None
         bias, keep_rows = _key_bias(key_mask)
         masked_so_far = _rows_with_masked_keys(key_mask)
         out = torch.empty_like(queries)
@@ -107,7 +132,7 @@ class GatheredBlockAttention(torch.autograd.Function):
                 _chunk_bias(bias, masked_so_far, start, stop),
                 None if keep_rows is None else keep_rows[start:stop],
             )
-            used = probs
+            used, keep = probs, None
             if dropout_p > 0:
                 keep = _dropout_keep(probs.shape, dropout_p, seed, start, probs.device)
                 used = probs * keep / (1.0 - dropout_p)
@@ -116,13 +141,15 @@ class GatheredBlockAttention(torch.autograd.Function):
             else:  # rounded once, from the float32 product
                 out[start:stop] = torch.bmm(used, values.to(wide))
             if keep_for_backward:  # stored in the queries' dtype (exact, see below)
-                saved.append((keys.to(queries.dtype), values.to(queries.dtype), probs))
+                kept_mask = keep if seed is None else None
+                saved.append((keys.to(queries.dtype), values.to(queries.dtype), probs, kept_mask))
         ctx.save_for_backward(queries, key_blocks, value_blocks, key_index, out)
         ctx.chunks = saved
         ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         return out
 
     @staticmethod
+    @_without_autocast
     def backward(ctx, grad_out):
         queries, key_blocks, value_blocks, key_index, out = ctx.saved_tensors
         rows, block_size, dim = queries.shape
@@ -135,14 +162,15 @@ class GatheredBlockAttention(torch.autograd.Function):
         grad_keys = torch.zeros(key_blocks.shape, dtype=wide, device=key_blocks.device)
         grad_values = torch.zeros(value_blocks.shape, dtype=wide, device=value_blocks.device)
         ranges = _chunks(rows, key_index.shape[1], block_size, key_blocks.device)
-        for (start, stop), (keys, values, probs) in zip(ranges, ctx.chunks, strict=True):
+        for (start, stop), (keys, values, probs, keep) in zip(ranges, ctx.chunks, strict=True):
             index = key_index[start:stop].flatten()
             keys, values = keys.to(wide), values.to(wide)
             chunk_grad = grad_out[start:stop].to(wide)
             grad_probs = torch.bmm(chunk_grad, values.transpose(1, 2))
             used = probs
             if ctx.dropout_p > 0:
-                keep = _dropout_keep(probs.shape, ctx.dropout_p, ctx.seed, start, probs.device)
+                if keep is None:
+                    keep = _dropout_keep(probs.shape, ctx.dropout_p, ctx.seed, start, probs.device)
                 used = probs * keep / (1.0 - ctx.dropout_p)
                 grad_probs.mul_(keep).div_(1.0 - ctx.dropout_p)
             chunk_grad_values = torch.bmm(used.transpose(1, 2), chunk_grad)

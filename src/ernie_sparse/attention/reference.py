@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layout_cache import KeyedLayout, layout_tensor
 from .padding import zero_padded_keys
 
 
@@ -40,13 +41,14 @@ def reference_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: torch.Tensor,
+    layout: torch.Tensor | KeyedLayout,
     *,
     block_size: int,
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """softmax(QK^T / sqrt(D) + mask) V with the layout expanded to tokens."""
+    layout = layout_tensor(layout)
     seq_len = q.shape[-2]
     k, v = zero_padded_keys(k, v, key_padding_mask)
     mask = expand_layout(layout.to(q.device), block_size, seq_len)[None]  # [1, H, N, N]

@@ -27,17 +27,21 @@ from ..attention.combiner import COMBINER_VARIANTS, combiner_attention, combiner
 from ..cli_args import int_list, str_list
 from ..patterns import bigbird, num_blocks_for
 from .common import (
+    caption,
     device_name,
     is_out_of_memory,
     median_ms,
+    no_plot,
     save_time_memory_figure,
     synchronize,
     time_memory_cell,
     time_memory_figure,
     write_results,
 )
-from .hf_bigbird import hf_bigbird_attention, hf_bigbird_available
+from .hf_bigbird import hf_bigbird_attention, hf_bigbird_available, hf_bigbird_shortest
 from .memory import peak_memory_mb
+from .sdpa import sdpa_kernels_used
+from .shapes import DEFAULT_SHAPE, add_shape_argument, resolve_sizes, shape_preset
 
 QUICK_SEQ_LENS = (1024, 2048, 4096)
 FULL_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
@@ -63,6 +67,7 @@ class BenchConfig:
     max_seconds: float = 30.0  # stop repeating a point after this much time (min 3 runs)
     memory: bool = True  # also measure peak memory (one more run per point)
     seed: int = 0  # inputs and random blocks
+    shape: str = DEFAULT_SHAPE  # the --shape preset batch, heads and head_dim came from
     extra: dict = field(default_factory=dict)
 
 
@@ -131,7 +136,7 @@ def _hf_bigbird(config: BenchConfig, layout: torch.Tensor, seq_len: int) -> Call
 def hf_bigbird_skip_reason(config: BenchConfig, seq_len: int) -> str | None:
     """Why HF BigBird cannot be timed at ``seq_len``: at or below (5 + 2r) blocks its model
     switches to full attention, and its kernel fails on such lengths."""
-    shortest = (5 + 2 * config.num_random) * config.block_size
+    shortest = hf_bigbird_shortest(config.block_size, config.num_random)
     if seq_len <= shortest:
         return f"skipped (HF BigBird needs N > {shortest})"
     return None
@@ -235,6 +240,7 @@ def _empty_row(name: str, config: BenchConfig, seq_len: int, mode: str) -> dict:
         "median_ms": None,
         "peak_mem_mb": None,
         "gflops": None,
+        "sdpa_kernels": None,
         "status": "ok",
     }
 
@@ -279,6 +285,9 @@ def bench_length(
             if row["status"] != "ok":
                 continue
             row["peak_mem_mb"] = round(row["peak_mem_mb"], 2)
+        row["sdpa_kernels"] = _guarded(row, sdpa_kernels_used, runs[name])
+        if row["status"] != "ok":
+            continue
         gflop = useful_gflop(_pairs(name, config, layout, seq_len), config, mode)
         row["gflops"] = round(gflop / (row["median_ms"] / 1e3), 2)
     return list(rows.values())
@@ -342,8 +351,9 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
         "matmul_gflops": round(matmul_gflops(device, dtype), 1),
         "config": asdict(config),
     }
+    log(f"{shape_text(config)}; {config.dtype}")
     log(
-        f"device {meta['device']} ({device.type}), dtype {config.dtype}, "
+        f"device {meta['device']} ({device.type}), "
         f"{meta['threads']} threads, dense matmul {meta['matmul_gflops']} GFLOP/s"
     )
     rows = []
@@ -366,6 +376,15 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
                 rows.append(row)
                 log(_format_row(row))
     return {"meta": meta, "rows": rows}
+
+
+def shape_text(config: BenchConfig) -> str:
+    """The resolved shape, named by its preset: "shape bert-base: B=8, H=12, D=64, ..."."""
+    return (
+        f"shape {config.shape}: B={config.batch}, H={config.heads}, D={config.head_dim}, "
+        f"block {config.block_size}, {config.num_global} global + {2 * config.window_width + 1}"
+        f" window + {config.num_random} random blocks"
+    )
 
 
 def _runs(name: str, device: torch.device, mode: str) -> bool:
@@ -445,6 +464,9 @@ def plot_bench(result: dict, path: Path) -> Path | None:
     return path
 
 
+SHAPE_FLAGS = ("batch", "heads", "head_dim")  # sizes a --shape preset sets
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument("--quick", action="store_true", help=f"lengths {QUICK_SEQ_LENS}, 3 runs")
@@ -461,23 +483,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"]
     )
-    for name in ("batch", "heads", "head_dim", "block_size", "num_global", "num_random"):
+    add_shape_argument(parser)
+    for name in SHAPE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, help="default: the --shape preset's")
+    for name in ("block_size", "num_global", "num_random"):
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument("--window-width", type=int, default=defaults.window_width)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
-    parser.add_argument("--out", default="runs/bench-attention", help="output directory")
+    parser.add_argument("--no-plot", action="store_true", help="write no attention.png")
+    parser.add_argument(
+        "--out", default="runs/bench-attention", help="output directory (results.json, table.md)"
+    )
     parser.set_defaults(run=run)
+
+
+def shape_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """batch, heads, head_dim: the --shape preset's, each explicit flag in its place."""
+    preset = shape_preset(args.shape)
+    values = {"batch": preset.attention_batch, "heads": preset.heads, "head_dim": preset.head_dim}
+    return resolve_sizes(args, values)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     seq_lens = args.seq_lens or (QUICK_SEQ_LENS if args.quick else FULL_SEQ_LENS)
     return BenchConfig(
         seq_lens=seq_lens,
-        batch=args.batch,
-        heads=args.heads,
-        head_dim=args.head_dim,
+        **shape_sizes(args),
+        shape=args.shape,
         block_size=args.block_size,
         num_global=args.num_global,
         window_width=args.window_width,
@@ -503,7 +538,11 @@ def run(args: argparse.Namespace) -> int:
                 "(HF BigBird needs whole blocks)"
             )
     result = run_bench(config)
-    write_results(
-        Path(args.out), result, table=summary_table(result), plot=plot_bench, name="attention.png"
+    table = (
+        caption(result, shape=shape_text(config), dtype=config.dtype, key="backend")
+        + "\n\n"
+        + summary_table(result)
     )
+    plot = no_plot if args.no_plot else plot_bench
+    write_results(Path(args.out), result, table=table, plot=plot, name="attention.png")
     return 0

@@ -89,6 +89,11 @@ def save_time_memory_figure(fig, axes, *, time_label: str, title: str, path) -> 
     plt.close(fig)
 
 
+def no_plot(result: dict, path: Path) -> None:
+    """The ``plot`` of ``write_results`` when none is wanted (``--no-plot``)."""
+    return None
+
+
 def write_results(
     out: Path, result: dict, *, table: str, plot: Callable[[dict, Path], Path | None], name: str
 ) -> None:
@@ -111,3 +116,13 @@ def time_memory_cell(row: dict | None, *, decimals: int) -> str:
         return row["status"]
     memory = "" if row["peak_mem_mb"] is None else f" ({row['peak_mem_mb']:.0f})"
     return f"{row['median_ms']:.{decimals}f}{memory}"
+
+
+def caption(result: dict, *, shape: str, dtype: str, key: str) -> str:
+    """One line over a bench's tables: shape, dtype, device, and the SDPA kernels that the
+    rows whose ``key`` ("backend" or "model") is "dense" ran."""
+    meta = result["meta"]
+    dense_rows = (r for r in result["rows"] if r[key] == "dense")
+    kernels = sorted({k for r in dense_rows for k in r.get("sdpa_kernels") or ()})
+    dense = f"; dense = SDPA, kernel {', '.join(kernels)}" if kernels else ""
+    return f"{shape}; {dtype}; {meta['device']} ({meta['device_type']}){dense}"

@@ -1,10 +1,15 @@
-"""Hugging Face BigBird's block-sparse attention as a benchmark baseline (needs transformers)."""
+"""Hugging Face BigBird as a benchmark baseline (needs transformers): its block-sparse
+attention alone (``bench attention``) and its sequence classifier (``bench model``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
+HF_METHOD = "bigbird_block_sparse_attention"  # BigBirdBlockSparseAttention's attention proper
 
 
 def hf_bigbird_available() -> bool:
@@ -13,6 +18,12 @@ def hf_bigbird_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def hf_bigbird_shortest(block_size: int, num_random: int) -> int:
+    """HF BigBird runs full attention at lengths up to (5 + 2r) blocks (and its block-sparse
+    kernel fails there): a benchmark needs N above this."""
+    return (5 + 2 * num_random) * block_size
 
 
 def hf_bigbird_attention(
@@ -52,3 +63,63 @@ def hf_bigbird_attention(
         return context  # [B, N, H, D]
 
     return attend
+
+
+def hf_bigbird_classifier(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_size: int,
+    block_size: int,
+    num_random: int,
+    max_positions: int,
+) -> nn.Module:
+    """``BigBirdForSequenceClassification`` (2 labels) at these sizes, ITC block-sparse
+    attention, no dropout (as the bench's own models), GELU as ours."""
+    from transformers import BigBirdConfig, BigBirdForSequenceClassification
+
+    config = BigBirdConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=mlp_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=max_positions,
+        attention_type="block_sparse",
+        block_size=block_size,
+        num_random_blocks=num_random,
+        num_labels=2,
+    )
+    model = BigBirdForSequenceClassification(config)
+    for module in block_sparse_modules(model):
+        setattr(module, HF_METHOD, _outside_autocast(getattr(module, HF_METHOD)))
+    return model
+
+
+def _outside_autocast(method: Callable) -> Callable:
+    """HF's block-sparse attention in the dtype of its q, k, v, with autocast off: under
+    bf16 autocast its softmax runs in float32 and writing those probabilities into its
+    bf16 attention-probability tensor fails (scatter dtype mismatch, transformers 5.x).
+    Without autocast it runs wholly in bf16, as ``bench attention`` runs it."""
+
+    @functools.wraps(method)
+    def attend(q, k, v, *masks_and_sizes, **kwargs):
+        masks = [mask.to(q.dtype) for mask in masks_and_sizes[:5]]  # band, from, to, 2 blocked
+        with torch.autocast(q.device.type, enabled=False):
+            return method(q, k, v, *masks, *masks_and_sizes[5:], **kwargs)
+
+    return attend
+
+
+def block_sparse_modules(model: nn.Module) -> list[nn.Module]:
+    """Every ``BigBirdBlockSparseAttention`` in ``model`` ([] without transformers)."""
+    if not hf_bigbird_available():
+        return []
+    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention
+
+    return [m for m in model.modules() if isinstance(m, BigBirdBlockSparseAttention)]

@@ -74,7 +74,7 @@ def split_files(
     if not chosen:
         raise ValueError(
             f"{root}: the {split} split is empty ({len(ordered)} documents, "
-            f"val_fraction={val_fraction}); add documents or change train.val_fraction"
+            f"val_fraction={val_fraction}); add documents or change train.mlm.val_fraction"
         )
     return sorted(chosen)
 

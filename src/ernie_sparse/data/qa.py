@@ -1,7 +1,8 @@
 """Question answering data: TriviaQA (SQuAD-style JSON) as span examples over
 sliding windows, and WikiHop (qangaroo JSON) as multiple-choice examples.
 
-Global tokens. The encoder makes its first ``num_global`` input tokens global,
+Global tokens. The encoder makes its first ``num_global`` input tokens global
+(``model.attention.num_global``; ``train.qa.global_prefix`` here),
 and SAOR rolls only the tokens after them. So every input starts with a *global
 prefix* ``<s> question </s>`` (WikiHop: ``<s> query </s> candidate </s>``) that is
 filled with ``<pad>`` tokens (real tokens, attended to) up to exactly
@@ -40,7 +41,7 @@ NO_ANSWER = (0, 0)  # labels of a window that does not hold the answer: the <s> 
 
 @dataclass
 class QAInfo(TaskInfo):
-    global_prefix: int = 0  # tokens of the global question prefix (must be model.num_global)
+    global_prefix: int = 0  # tokens of the global question prefix (= model.attention.num_global)
 
 
 def global_prefix(

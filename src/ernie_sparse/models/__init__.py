@@ -1,7 +1,7 @@
 """Models: configuration, the encoder (with HST) and task heads; baselines are presets."""
 
 from .causal import CausalLM, nats_to_bits, shift_labels
-from .config import HSTConfig, ModelConfig, SAORConfig
+from .config import AttentionConfig, HSTConfig, ModelConfig, SAORConfig
 from .encoder import Encoder, EncoderOutput
 from .heads import (
     TASKS,
@@ -17,6 +17,7 @@ from .presets import PRESETS, preset
 __all__ = [
     "PRESETS",
     "TASKS",
+    "AttentionConfig",
     "CausalLM",
     "Encoder",
     "EncoderOutput",

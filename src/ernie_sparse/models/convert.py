@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from ..cli_args import merge_nested
 from .config import ModelConfig, parse_overrides
 from .encoder import Encoder
-from .presets import PRESETS, preset
+from .presets import PRESETS, preset, preset_fields
 from .pretrained import (
     Checkpoint,
     copy_attention_to_hierarchical,
@@ -71,10 +72,9 @@ def run_convert(args: argparse.Namespace) -> int:
     overrides["max_positions"] = args.max_positions
     if args.no_hst:
         overrides["hst"] = {**overrides.get("hst", {}), "enabled": False}
-    for key, value in parse_overrides(args.overrides).items():
-        if isinstance(value, dict) and isinstance(overrides.get(key), dict):
-            value = {**overrides[key], **value}  # hst.pooling=max keeps the preset's hst
-        overrides[key] = value
+    overrides = merge_nested(
+        overrides, parse_overrides(args.overrides)
+    )  # hst.pooling=max keeps hst
     _check_out(args.out, force=args.force)
     for line in convert(
         args.source, args.out, overrides=overrides, hst_init=args.hst_init, seed=args.seed
@@ -138,8 +138,9 @@ def pattern_overrides(name: str, *, block_size: int, num_heads: int) -> dict[str
         raise ValueError(f"unknown pattern preset {name!r}; choose one of {', '.join(PRESETS)}")
     # Sizes are placeholders: only the preset's own fields are read back.
     sizes = {"vocab_size": 1, "hidden_size": num_heads, "num_heads": num_heads}
-    values = preset(name, block_size=block_size, **sizes).to_dict()
-    return {"block_size": block_size, **{key: values[key] for key in PRESETS[name]}}
+    given = {"attention": {"block_size": block_size}}
+    values = preset(name, **given, **sizes).to_dict()
+    return preset_fields(name, values, given=given)
 
 
 def describe(
@@ -174,11 +175,12 @@ def _pooler_line(checkpoint: Checkpoint) -> str:
 
 
 def _attention_line(config: ModelConfig) -> str:
-    if config.attention != "sparse":
-        return f"attention: {config.attention} ({config.combiner_variant}), causal={config.causal}"
+    attention = config.attention
+    if attention.kind != "sparse":
+        return f"attention: {attention.kind} ({attention.combiner_variant}), causal={config.causal}"
     return (
-        f"pattern: {config.pattern}{_params(config.pattern_params)}, block {config.block_size}, "
-        f"{config.num_global} global tokens"
+        f"pattern: {attention.pattern}{_params(attention.pattern_params)}, block "
+        f"{attention.block_size}, {attention.num_global} global tokens"
     )
 
 

@@ -14,9 +14,10 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ..attention import sparse_attention
+from ..attention import KeyedLayout, sparse_attention
 from ..attention.combiner import combiner_attention
 from ..patterns import global_blocks, make_layout, pattern_parameters
+from .checks import require
 from .config import ModelConfig
 from .hierarchical import hierarchical_attention, pool
 from .layers import AttendFn, AttentionSublayer, FeedForwardSublayer, causal_attend
@@ -106,33 +107,39 @@ class EncoderLayer(nn.Module):
 class PatternLayouts:
     """The per-layer block layouts of the configured pattern.
 
-    Random blocks of layer l are drawn with seed ``pattern_seed * 2**20 + l`` (distinct
-    for every (pattern_seed, layer) pair) and kept per shape (the same in training and
-    evaluation). With ``resample_pattern`` each training forward draws new ones from
-    ``self.generator`` (checkpoint its state to resume).
+    Random blocks of layer l are drawn with seed ``attention.pattern_seed * 2**20 + l``
+    (distinct for every (pattern_seed, layer) pair) and kept per shape (the same in training
+    and evaluation). With ``attention.resample_pattern`` each training forward draws new ones from
+    ``self.generator`` (checkpoint its state to resume). Each layout is keyed once, here
+    (``KeyedLayout``), so every layer and step reuses what backends derive from it.
     """
 
     LAYERS_PER_SEED = 2**20
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.random = "generator" in pattern_parameters(config.pattern)
-        self.generator = torch.Generator().manual_seed(config.pattern_seed)
-        self._frozen: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.random = "generator" in pattern_parameters(config.attention.pattern)
+        self.generator = torch.Generator().manual_seed(config.attention.pattern_seed)
+        self._frozen: dict[tuple[int, int], list[KeyedLayout]] = {}
 
-    def for_layers(self, plan: SequencePlan, *, training: bool) -> list[torch.Tensor]:
+    def for_layers(self, plan: SequencePlan, *, training: bool) -> list[KeyedLayout]:
         count = self.config.num_layers
-        if training and self.config.resample_pattern and self.random:
+        if training and self.config.attention.resample_pattern and self.random:
             return [self._build(plan, self.generator) for _ in range(count)]
         key = (plan.num_blocks, plan.global_blocks)
         if key not in self._frozen:
-            if self.random:
-                seeds = [self.layer_seed(self.config.pattern_seed, layer) for layer in range(count)]
-                layouts = [self._build(plan, torch.Generator().manual_seed(s)) for s in seeds]
-            else:
-                layouts = [self._build(plan, None)] * count
-            self._frozen[key] = layouts
+            # Eager even under torch.compile (a graph break in the first compiled call of a
+            # new shape only): the next call reads the built layouts off this dict.
+            self._frozen[key] = torch.compiler.disable(self._build_frozen)(plan)
         return self._frozen[key]
+
+    def _build_frozen(self, plan: SequencePlan) -> list[KeyedLayout]:
+        count = self.config.num_layers
+        if not self.random:
+            return [self._build(plan, None)] * count
+        seed = self.config.attention.pattern_seed
+        seeds = [self.layer_seed(seed, layer) for layer in range(count)]
+        return [self._build(plan, torch.Generator().manual_seed(s)) for s in seeds]
 
     @staticmethod
     def layer_seed(pattern_seed: int, layer: int) -> int:
@@ -144,14 +151,14 @@ class PatternLayouts:
             raise ValueError(f"pattern_seed={pattern_seed} is too large for per-layer seeds")
         return seed
 
-    def _build(self, plan: SequencePlan, generator: torch.Generator | None) -> torch.Tensor:
+    def _build(self, plan: SequencePlan, generator: torch.Generator | None) -> KeyedLayout:
         config = self.config
-        params = dict(config.pattern_params)
-        takes_global = "num_global" in pattern_parameters(config.pattern)
+        params = dict(config.attention.pattern_params)
+        takes_global = "num_global" in pattern_parameters(config.attention.pattern)
         if takes_global:
             params["num_global"] = plan.global_blocks
         layout = make_layout(
-            config.pattern,
+            config.attention.pattern,
             seq_len=plan.length,
             block_size=plan.block_size,
             num_heads=config.num_heads,
@@ -160,13 +167,13 @@ class PatternLayouts:
         )
         if plan.global_blocks and not takes_global:
             layout = layout | global_blocks(plan.num_blocks, plan.global_blocks)
-        return layout
+        return KeyedLayout(layout)
 
 
 class Encoder(nn.Module):
     """ERNIE-Sparse encoder (and, by configuration, each baseline of the paper).
 
-    ``config.attention="combiner"`` swaps the block-sparse attention for a Combiner
+    ``config.attention.kind="combiner"`` swaps the block-sparse attention for a Combiner
     variant; ``config.causal=True`` makes it a decoder (each token sees earlier ones).
 
     ``final_representatives``: whether a head reads the representatives after the
@@ -222,12 +229,15 @@ class Encoder(nn.Module):
         config = self.config
         # Attention without a block layout needs no padding to whole blocks (HST does).
         unblocked = self._layout_free() and not config.hst.enabled
-        return plan_sequence(
+        # Compiled, the plan is traced into constants: skip the lru_cache wrapper (which
+        # dynamo would warn about and ignore anyway).
+        build = plan_sequence.__wrapped__ if torch.compiler.is_compiling() else plan_sequence
+        return build(
             input_len,
-            block_size=1 if unblocked else config.block_size,
-            num_global=config.num_global,
+            block_size=1 if unblocked else config.attention.block_size,
+            num_global=config.attention.num_global,
             hst=config.hst.enabled,
-            block_multiple=config.block_multiple,
+            block_multiple=config.attention.block_multiple,
         )
 
     def forward(
@@ -242,8 +252,10 @@ class Encoder(nn.Module):
         rep_mask = representative_mask(plan, attention_mask) if plan.hst else None
         key_mask = internal_key_mask(plan, attention_mask, rep_mask)
         # No masked key at all (no padding, whole blocks): let attention skip the mask,
-        # which on CPU also lets dense rows use SDPA's memory-efficient kernel.
-        sparse_key_mask = None if bool(key_mask.all()) else key_mask
+        # which on CPU also lets dense rows use SDPA's memory-efficient kernel. Compiled,
+        # the mask stays (exact either way): reading it back would break the graph.
+        compiling = torch.compiler.is_compiling()
+        sparse_key_mask = key_mask if compiling or not bool(key_mask.all()) else None
         hidden = self.embeddings(input_ids, token_type_ids, plan)
         layouts = self._layouts(plan)
         for layer, layout in zip(self.layers, layouts, strict=True):
@@ -287,7 +299,7 @@ class Encoder(nn.Module):
         reps = layer.hierarchical_feed_forward(hidden.index_select(1, positions))  # [B, m, d]
         return hidden.index_copy(1, positions, reps)
 
-    def _layouts(self, plan: SequencePlan) -> list[torch.Tensor | None]:
+    def _layouts(self, plan: SequencePlan) -> list[KeyedLayout | None]:
         """One block layout per layer; none where the attention takes no layout."""
         if self._layout_free():
             return [None] * self.config.num_layers
@@ -295,25 +307,25 @@ class Encoder(nn.Module):
 
     def _layout_free(self) -> bool:
         """Combiner and dense causal attention take no block layout."""
-        return self.config.attention == "combiner" or self.config.causal
+        return self.config.attention.kind == "combiner" or self.config.causal
 
     def _sparse_layer(
         self,
         layer: EncoderLayer,
         hidden: torch.Tensor,
-        layout: torch.Tensor | None,
+        layout: KeyedLayout | None,
         key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         return layer.feed_forward(layer.attention(hidden, self._attend(layout, key_mask)))
 
-    def _attend(self, layout: torch.Tensor | None, key_mask: torch.Tensor | None) -> AttendFn:
+    def _attend(self, layout: KeyedLayout | None, key_mask: torch.Tensor | None) -> AttendFn:
         """The configured attention: Combiner, dense causal, or the block-sparse layout."""
         config = self.config
         dropout_p = self._attention_dropout()
-        if config.attention == "combiner":
+        if config.attention.kind == "combiner":
             return functools.partial(
                 combiner_attention,
-                variant=config.combiner_variant,
+                variant=config.attention.combiner_variant,
                 causal=config.causal,
                 key_padding_mask=key_mask,
                 span=config.combiner_partition,
@@ -329,16 +341,16 @@ class Encoder(nn.Module):
                 k,
                 v,
                 layout,
-                block_size=config.block_size,
+                block_size=config.attention.block_size,
                 key_padding_mask=key_mask,
-                backend=config.attention_backend,
+                backend=config.attention.backend,
                 dropout_p=dropout_p,
             )
 
         return attend
 
     def _attention_dropout(self) -> float:
-        return self.config.attention_dropout if self.training else 0.0
+        return self.config.attention.dropout if self.training else 0.0
 
     def _check_inputs(
         self,
@@ -365,9 +377,12 @@ class Encoder(nn.Module):
                     f"{tuple(input_ids.shape)}"
                 )
         mask = as_bool_mask(attention_mask, input_ids)
-        empty = (mask.sum(dim=1) == 0).nonzero().flatten()
-        if empty.numel():
-            raise ValueError(f"sequence {int(empty[0])} has no real token (attention_mask)")
+        has_token = mask.any(dim=1)  # [B]
+
+        def first_empty() -> str:
+            return f"sequence {int((~has_token).nonzero()[0])} has no real token (attention_mask)"
+
+        require(has_token, "every sequence needs a real token (attention_mask)", first_empty)
         return mask
 
 
@@ -379,9 +394,12 @@ def check_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
         raise TypeError(f"{name} must be int64 or int32 token ids, got {ids.dtype}")
     if ids.shape[1] == 0:
         raise ValueError(f"{name} has length 0")
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"{name} must be in [0, {vocab_size}), found values in [{low}, {high}]")
+    rule = f"{name} must be in [0, {vocab_size})"
+    require(
+        (ids >= 0) & (ids < vocab_size),
+        rule,
+        lambda: f"{rule}, found values in [{int(ids.min())}, {int(ids.max())}]",
+    )
 
 
 def as_bool_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
@@ -394,8 +412,9 @@ def as_bool_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -
             f"{tuple(input_ids.shape)}"
         )
     if attention_mask.dtype != torch.bool:
-        zero_one = (attention_mask == 0) | (attention_mask == 1)
-        if attention_mask.is_floating_point() or not bool(zero_one.all()):
-            raise ValueError("attention_mask must be bool or integers 0/1 (1 = real token)")
+        rule = "attention_mask must be bool or integers 0/1 (1 = real token)"
+        if attention_mask.is_floating_point():
+            raise ValueError(rule)
+        require((attention_mask == 0) | (attention_mask == 1), rule)
         attention_mask = attention_mask.bool()
     return attention_mask.to(input_ids.device)

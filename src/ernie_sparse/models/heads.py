@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import require
 from .config import ModelConfig
 from .encoder import Encoder, EncoderOutput, as_bool_mask
 
@@ -139,15 +140,22 @@ def nll_loss(
             f"labels {tuple(labels.shape)} do not fit logits {tuple(logits.shape)} "
             f"(expected labels of shape {tuple(logits.shape[:-1])})"
         )
-    classes = logits.shape[-1]
-    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < classes))
-    if not bool(valid.all()):
-        bad = labels[~valid][0]
-        raise ValueError(f"label {int(bad)} is outside [0, {classes}) (use -100 to ignore a row)")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
-    chosen = labels != IGNORE_INDEX  # the labelled rows
-    return F.cross_entropy(upcast(logits[chosen]), labels[chosen], reduction=reduction)
+    classes = logits.shape[-1]
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < classes))
+
+    def first_bad() -> str:
+        bad = int(labels[~valid][0])
+        return f"label {bad} is outside [0, {classes}) (use -100 to ignore a row)"
+
+    require(valid, f"labels must be in [0, {classes}) or -100", first_bad)
+    # ignore_index skips the unlabelled rows without selecting the others (a selection's
+    # shape depends on the values, which torch.compile cannot trace).
+    flat_logits = upcast(logits).reshape(-1, classes)  # [rows, C]
+    return F.cross_entropy(
+        flat_logits, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 class ClassifierHead(nn.Module):

@@ -31,7 +31,7 @@ Hugging Face conventions (so ``Trainer`` and ``pipeline`` work):
   items of the optimizer step (QA: over start and end of each item). The base
   model has no loss and ignores it.
 - ``attn_implementation`` (``from_pretrained(..., attn_implementation="blocked")``,
-  ``set_attn_implementation``) picks ``ModelConfig.attention_backend``: one of
+  ``set_attn_implementation``) picks ``ModelConfig.attention.backend``: one of
   ``auto``, ``reference``, ``blocked``, ``flex``, ``fused``; anything else (``eager``,
   ``sdpa``, ``flash_attention_2``: dense attention) is refused, never swapped in.
 - ``gradient_checkpointing_enable()`` / ``activation_checkpointing_enable()`` set
@@ -86,7 +86,7 @@ from .heads import (
 )
 from .pretrained import ERNIE_SPARSE_MODEL_TYPE
 
-# What ``attn_implementation`` may name: ModelConfig.attention_backend's choices.
+# What ``attn_implementation`` may name: ModelConfig.attention.backend's choices.
 ATTENTION_BACKENDS = ("auto", *BACKENDS)
 
 
@@ -103,7 +103,8 @@ class ErnieSparseConfig(PreTrainedConfig):
         if isinstance(self.model, ModelConfig):
             self.model = self.model.to_dict()
         if self.model is not None:
-            self.model = ModelConfig.from_dict(self.model).to_dict()  # refuse bad fields now
+            # Refuse bad fields now; an older config.json's flat attention keys move here.
+            self.model = ModelConfig.from_dict(self.model).to_dict()
         super().__post_init__(**kwargs)
         if self._attn_implementation is not None:  # ErnieSparseConfig(attn_implementation=...)
             resolve_attention_backend(self, self._attn_implementation)
@@ -141,11 +142,11 @@ class ErnieSparseConfig(PreTrainedConfig):
 
 
 def resolve_attention_backend(config: ErnieSparseConfig, requested: Any) -> str:
-    """``attn_implementation`` -> ModelConfig.attention_backend (written into
+    """``attn_implementation`` -> ModelConfig.attention.backend (written into
     ``config.model``); None keeps the configured one. Anything but our backends is
     refused: transformers' kernels would silently replace the sparse pattern."""
     if requested is None:
-        return config.model["attention_backend"] if config.model is not None else "auto"
+        return config.model["attention"]["backend"] if config.model is not None else "auto"
     if not isinstance(requested, str) or requested not in ATTENTION_BACKENDS:
         raise ValueError(
             f"attn_implementation={requested!r} is not an ERNIE-Sparse attention backend; "
@@ -153,7 +154,8 @@ def resolve_attention_backend(config: ErnieSparseConfig, requested: Any) -> str:
             "kernels are dense attention and would drop the sparse pattern)"
         )
     if config.model is not None:
-        config.model = {**config.model, "attention_backend": requested}
+        attention = {**config.model["attention"], "backend": requested}
+        config.model = {**config.model, "attention": attention}
     return requested
 
 
@@ -204,7 +206,7 @@ class ErnieSparsePreTrainedModel(PreTrainedModel):
         self.config._attn_implementation_internal = backend
         for module in self.modules():
             if isinstance(module, Encoder):
-                module.config.attention_backend = backend
+                module.config.attention.backend = backend
 
     # --- forward options ---
 

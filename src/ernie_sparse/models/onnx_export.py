@@ -13,10 +13,10 @@ What the graph is, and why:
   plus ``token_type_ids`` for a model with segment embeddings. The batch is dynamic.
   onnxruntime refuses any other length ("Got invalid dimensions for input").
 - Frozen layout. The layouts are the model's evaluation layouts for ``length``
-  (random blocks drawn once per layer from ``pattern_seed``, as PyTorch's eval mode
-  uses them), stored as constants [H or 1, nb, nb] (not as a token mask).
+  (random blocks drawn once per layer from ``attention.pattern_seed``, as PyTorch's
+  eval mode uses them), stored as constants [H or 1, nb, nb] (not as a token mask).
 - Attention path: the ``reference`` backend (layout expanded to a token mask, then
-  masked softmax attention), whatever the model's ``attention_backend``: it computes
+  masked softmax attention), whatever the model's ``attention.backend``: it computes
   the same attention with plain tensor ops. ``blocked`` is not exportable (its
   visiting plan and padding branches are Python decisions on the data, and it uses
   in-place ops the exporter lacks). Memory per layer is therefore O(B * H * L^2)
@@ -100,8 +100,8 @@ def native_model(model: nn.Module) -> nn.Module:
             f"Hugging Face classes), not {type(model).__name__}"
         )
     config = native.config
-    if config.attention != "sparse" or config.causal:
-        kind = "Combiner" if config.attention == "combiner" else "causal"
+    if config.attention.kind != "sparse" or config.causal:
+        kind = "Combiner" if config.attention.kind == "combiner" else "causal"
         raise ValueError(f"ONNX export handles block-sparse attention only, not {kind} attention")
     return native
 
@@ -143,7 +143,7 @@ def inference_copy(native: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(native).cpu().eval()
     for module in frozen.modules():
         if isinstance(module, Encoder):
-            module.config.attention_backend = "reference"
+            module.config.attention.backend = "reference"
     return frozen
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..files import load_json, load_safetensors
 from ..safety import OutsideFolderError, inside, torch_load_weights_only
-from .config import ModelConfig
+from .config import LEGACY_MODEL_KEYS, ModelConfig, refuse_legacy_keys
 from .encoder import Encoder
 from .heads import MaskedLM
 
@@ -132,8 +132,8 @@ def load_encoder(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A BERT / RoBERTa / ernie-sparse checkpoint -> (our config, an ``Encoder`` state dict).
 
-    ``model_overrides`` are ModelConfig fields (``hst`` / ``saor`` as dicts merge):
-    the pattern, block size, HST, dropout, ``max_positions`` (position rows are
+    ``model_overrides`` are ModelConfig fields (``attention`` / ``hst`` / ``saor`` as
+    dicts merge): the pattern, block size, HST, dropout, ``max_positions`` (position rows are
     repeated to extend, or cut to shrink). Architecture fields are refused.
     """
     checkpoint = read_checkpoint(directory, **model_overrides)
@@ -349,8 +349,9 @@ def extend_positions(weight: torch.Tensor, *, offset: int, max_positions: int) -
 
 
 def override_config(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
-    """A checkpoint's config with ModelConfig ``overrides`` (``hst`` / ``saor`` dicts
-    merge); fields fixed by the weights (``FIXED_FIELDS``) are refused."""
+    """A checkpoint's config with ModelConfig ``overrides`` (``attention`` / ``hst`` /
+    ``saor`` dicts merge); fields fixed by the weights (``FIXED_FIELDS``) are refused."""
+    refuse_legacy_keys(overrides, LEGACY_MODEL_KEYS, section="")
     fixed = sorted(set(overrides) & set(FIXED_FIELDS))
     if fixed:
         raise ValueError(
@@ -361,7 +362,7 @@ def override_config(config: ModelConfig, overrides: dict[str, Any]) -> ModelConf
     for key, value in overrides.items():
         if key not in values:
             raise ValueError(f"unknown config key {key!r}")
-        if key in ("hst", "saor") and isinstance(value, dict):
+        if key in ("attention", "hst", "saor") and isinstance(value, dict):
             value = {**values[key], **value}
         values[key] = value
     return ModelConfig.from_dict(values)
@@ -414,7 +415,6 @@ def bert_like_config(hf_config: dict[str, Any], *, source: str) -> ModelConfig:
         num_layers=hf_config["num_hidden_layers"],
         mlp_size=hf_config["intermediate_size"],
         dropout=float(hf_config.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(hf_config.get("attention_probs_dropout_prob", 0.1)),
         max_positions=hf_config["max_position_embeddings"] - offset,
         type_vocab_size=hf_config.get("type_vocab_size", 2),
         position_offset=offset,
@@ -422,7 +422,10 @@ def bert_like_config(hf_config: dict[str, Any], *, source: str) -> ModelConfig:
         layer_norm_eps=float(hf_config.get("layer_norm_eps", 1e-12)),
         activation=HF_ACTIVATIONS[act],
         initializer_range=float(hf_config.get("initializer_range", 0.02)),
-        pattern="dense",
+        attention={
+            "pattern": "dense",
+            "dropout": float(hf_config.get("attention_probs_dropout_prob", 0.1)),
+        },
         hst={"enabled": False, "pooling": "cls"},
     )
 

@@ -55,7 +55,7 @@ def encoder_reachability(
     has_tokens = torch.zeros(plan.num_blocks, dtype=torch.bool)
     has_tokens[token_block] = True
     if encoder._layout_free():
-        kind = "combiner" if config.attention == "combiner" else "causal dense"
+        kind = "combiner" if config.attention.kind == "combiner" else "causal dense"
         return Reachability(
             layers=config.num_layers,
             fraction=1.0,
@@ -70,7 +70,7 @@ def encoder_reachability(
     rep_mask = representative_mask(plan, mask) if plan.hst else None
     real = internal_key_mask(plan, mask, rep_mask).view(plan.num_blocks, -1).any(1)  # [nb]
     local = range(plan.global_blocks, plan.global_blocks + plan.local_blocks) if plan.hst else None
-    layouts = encoder.layouts.for_layers(plan, training=False)
+    layouts = [keyed.tensor for keyed in encoder.layouts.for_layers(plan, training=False)]
     hierarchical = [layer.has_hierarchical for layer in encoder.layers]
     common = dict(real_blocks=real, local_blocks=local, distribute=config.hst.distribute)
     tokens, reps = block_knowledge(layouts, hierarchical=hierarchical, **common)

@@ -138,7 +138,7 @@ def saor_forward(
         return SAOROutput(nll, nll, kl, logits, None, nll_first=nll)
     rolled = config.mode == "roll"
     shift = config.roll_tokens
-    num_global = spec.config.num_global
+    num_global = spec.config.attention.num_global
     declared = sequence_inputs(spec)
     second = roll_batch(inputs, declared, shift=shift, num_global=num_global) if rolled else inputs
     if as_one_batch:

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli_args import positive_int
+from ..cli_args import merge_nested, positive_int
 from ..models.config import parse_overrides
-from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
+from .config import RunConfig, load_run_config, preset_values, resolve
 from .evaluate import evaluate_run
 from .loop import Run
 from .resume import apply_resume_changes, check_source
@@ -36,9 +36,9 @@ def command_line_values(args: argparse.Namespace) -> dict:
             f"override section(s) {', '.join(unknown)} unknown; keys start with model. or train."
         )
     if args.data:
-        overrides = merge_values(overrides, {"train": {"data": args.data}})
+        overrides = merge_nested(overrides, {"train": {"data": args.data}})
     if args.max_steps is not None:
-        overrides = merge_values(overrides, {"train": {"max_steps": args.max_steps}})
+        overrides = merge_nested(overrides, {"train": {"max_steps": args.max_steps}})
     return overrides
 
 
@@ -64,7 +64,7 @@ def run_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list[str]
     if args.config:
         check_config_file(Path(args.config))
     source = str(args.preset) if args.preset else str(Path(args.config).resolve())
-    config = resolve(merge_values(preset_values(str(args.config or args.preset)),
+    config = resolve(merge_nested(preset_values(str(args.config or args.preset)),
                                   command_line_values(args)))  # fmt: skip
     config.source = source
     return config, []

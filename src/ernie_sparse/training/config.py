@@ -2,7 +2,12 @@
 
 A YAML file holds ``model`` and ``train`` sections and at most one ``base``
 (another preset whose values it overrides). ``key=value`` overrides on the
-command line use dotted keys: ``train.lr=0.01``, ``model.hst.pooling=max``.
+command line use dotted keys: ``train.lr=0.01``, ``model.hst.pooling=max``,
+``model.attention.block_size=32``, ``train.qa.doc_stride=64``.
+
+The settings only some tasks read sit in one group per task family: ``train.mlm``,
+``train.qa``, ``train.text``. A run folder saved before they were grouped (flat
+``train.doc_stride`` ...) still loads: ``TrainConfig.from_dict`` moves the old keys.
 """
 
 from __future__ import annotations
@@ -14,19 +19,86 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..cli_args import merge_nested as merge_values  # re-exported for run configs
 from ..files import load_mapping, load_yaml
 from ..models import ModelConfig, preset
-from ..models.config import _check_choice, _check_positive, build_dataclass
+from ..models.config import (
+    LEGACY_MODEL_KEYS,
+    _check_choice,
+    _check_positive,
+    build_dataclass,
+    migrate_legacy_keys,
+    refuse_legacy_keys,
+)
 from .run_dir import RunDir
 from .tasks import get_task
 from .warm_start import warm_start_config
 
 DECAYS = ("rsqrt", "cosine", "linear", "constant")
+# TrainConfig keys saved before the task-only settings were grouped -> their place now.
+LEGACY_TRAIN_KEYS: dict[str, str] = {
+    "val_fraction": "mlm.val_fraction",
+    "mask_probability": "mlm.mask_probability",
+    "doc_stride": "qa.doc_stride",
+    "max_answer_tokens": "qa.max_answer_tokens",
+    "global_prefix": "qa.global_prefix",
+    "val_from_train": "text.val_from_train",
+}
+
+
+def compile_backends() -> list[str]:
+    """The torch.compile backends this torch has (debug ones such as aot_eager included)."""
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
 
 
 def config_dirs() -> tuple[Path, ...]:
     """Where presets are looked up: ./configs, then the repository's configs/."""
     return (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+
+
+@dataclass
+class MLMConfig:
+    """Masked language modelling (task mlm)."""
+
+    val_fraction: float = 0.05  # share of the corpus's documents held out for validation
+    mask_probability: float = 0.15  # share of tokens chosen for prediction (80/10/10)
+
+    def __post_init__(self) -> None:
+        _check_number(
+            "train.mlm.val_fraction", self.val_fraction, low=0.0, high=1.0, open_high=True
+        )
+        _check_number(
+            "train.mlm.mask_probability", self.mask_probability, low=0.0, high=1.0,
+            open_low=True, open_high=True,
+        )  # fmt: skip
+
+
+@dataclass
+class QAConfig:
+    """Question answering (tasks triviaqa and wikihop): a global question prefix, windows."""
+
+    global_prefix: int = 0  # tokens of the global question prefix; = model.attention.num_global
+    doc_stride: int = 128  # triviaqa: tokens between the starts of consecutive context windows
+    max_answer_tokens: int = 30  # triviaqa: longest predicted answer span, in tokens
+
+    def __post_init__(self) -> None:
+        _check_at_least_zero("train.qa.global_prefix", self.global_prefix)
+        for name in ("doc_stride", "max_answer_tokens"):
+            _check_positive(f"train.qa.{name}", getattr(self, name))
+
+
+@dataclass
+class TextConfig:
+    """LRA text classification (task text: IMDB, which has no validation split)."""
+
+    val_from_train: float = 0.0  # share of train held out for validation; 0 = test (LRA)
+
+    def __post_init__(self) -> None:
+        _check_number(
+            "train.text.val_from_train", self.val_from_train, low=0.0, high=1.0, open_high=True
+        )
 
 
 @dataclass
@@ -50,23 +122,27 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     bf16: bool = False  # bf16 autocast (CUDA)
     grad_checkpointing: bool = False  # recompute each layer in backward to save memory
+    compile: str = ""  # torch.compile backend for the model ("inductor"; "aot_eager" traces only)
+    length_buckets: int = 0  # pad batches to one of this many lengths (compile once each); 0 = off
     tensorboard: bool = False  # also write scalars to RUN_DIR/tensorboard (pip install tensorboard)
     init_from: str = ""  # pretrained folder (BERT/RoBERTa or converted) to warm-start the encoder
     tokenizer: str = ""  # tokenizer.json of subword tasks; "" = init_from's (classification: bytes)
-    val_fraction: float = 0.05  # mlm: share of the corpus's documents held out for validation
-    val_from_train: float = 0.0  # text: share of train held out for validation; 0 = test (LRA)
-    mask_probability: float = 0.15  # mlm: share of tokens chosen for prediction (80/10/10)
-    doc_stride: int = 128  # QA: tokens between the starts of consecutive context windows
-    max_answer_tokens: int = 30  # QA: longest predicted answer span, in tokens
-    global_prefix: int = 0  # QA: tokens of the global question prefix; must equal model.num_global
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
         """Every field checked by name, so a bad value fails at load time, not mid-run."""
+        for name, part in (("mlm", MLMConfig), ("qa", QAConfig), ("text", TextConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, part(**value))
+            elif not isinstance(value, part):
+                raise TypeError(f"train.{name} must be a mapping, got {value!r}")
         for name in ("max_length", "batch_size", "grad_accum", "max_steps", "eval_every"):
             _check_positive(f"train.{name}", getattr(self, name))
-        for name in ("log_every", "doc_stride", "max_answer_tokens"):
-            _check_positive(f"train.{name}", getattr(self, name))
-        for name in ("warmup_steps", "eval_max_batches", "patience", "global_prefix", "seed"):
+        _check_positive("train.log_every", self.log_every)
+        for name in ("warmup_steps", "eval_max_batches", "patience", "seed", "length_buckets"):
             _check_at_least_zero(f"train.{name}", getattr(self, name))
         if self.grad_accum > self.batch_size:
             raise ValueError(
@@ -75,23 +151,24 @@ class TrainConfig:
             )
         for name in ("lr", "weight_decay", "clip_norm", "stop_at"):
             _check_number(f"train.{name}", getattr(self, name), low=0.0)
-        _check_number("train.val_fraction", self.val_fraction, low=0.0, high=1.0, open_high=True)
-        _check_number(
-            "train.val_from_train", self.val_from_train, low=0.0, high=1.0, open_high=True
-        )
-        _check_number(
-            "train.mask_probability", self.mask_probability, low=0.0, high=1.0,
-            open_low=True, open_high=True,
-        )  # fmt: skip
         _check_choice("train.decay", self.decay, DECAYS)
         for name in ("bf16", "grad_checkpointing", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("task", "data", "init_from", "tokenizer"):
+        for name in ("task", "data", "init_from", "tokenizer", "compile"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"train.{name} must be a string, got {getattr(self, name)!r}")
         if not self.task:
             raise ValueError("train.task must name a task (e.g. listops)")
+        if self.compile:
+            _check_choice("train.compile", self.compile, tuple(compile_backends()))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A saved train section; one of older versions, with the task-only settings as
+        flat keys (LEGACY_TRAIN_KEYS), loads too (models.config.migrate_legacy_keys)."""
+        values = migrate_legacy_keys(values, LEGACY_TRAIN_KEYS, section="train.")
+        return build_dataclass(cls, values, prefix="train.")
 
 
 def _check_at_least_zero(name: str, value: int) -> None:
@@ -148,7 +225,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         return cls(
             model=ModelConfig.from_dict(values["model"]),
-            train=build_dataclass(TrainConfig, values.get("train", {}), prefix="train."),
+            train=TrainConfig.from_dict(values.get("train", {})),
             model_preset=values.get("model_preset", "ernie-sparse"),
             source=values.get("source") or "",
         )
@@ -217,24 +294,18 @@ def preset_values(name: str) -> dict[str, Any]:
     return values
 
 
-def merge_values(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, nested mappings merged key by key."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = merge_values(merged[key], value)
-        merged[key] = value
-    return merged
-
-
 def resolve(values: dict[str, Any], *, vocab_size: int | None = None) -> RunConfig:
     """Preset values (+ overrides) -> RunConfig; the model section is ``preset`` + fields."""
     model_values = dict(values.get("model", {}))
     name = model_values.pop("preset", "ernie-sparse")
-    for group in ("hst", "saor"):
+    refuse_legacy_keys(model_values, LEGACY_MODEL_KEYS, section="model.")
+    for group in ("attention", "hst", "saor"):
         if group in model_values and not isinstance(model_values[group], dict):
             raise ValueError(f"model.{group} must be a mapping")
-    train = build_dataclass(TrainConfig, values.get("train", {}), prefix="train.")
+    train_values = values.get("train", {})
+    if isinstance(train_values, dict):
+        refuse_legacy_keys(train_values, LEGACY_TRAIN_KEYS, section="train.")
+    train = build_dataclass(TrainConfig, train_values, prefix="train.")
     if train.init_from:  # a warm start: the checkpoint's model, this run's model values on top
         named = values.get("model", {}).get("preset")  # applied only when named
         model = warm_start_config(train.init_from, model_values, preset_name=named)

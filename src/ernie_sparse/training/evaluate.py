@@ -43,7 +43,11 @@ def evaluate_run(
     run.load_weights_into(model, weights)
     if note:  # the run chose its best weights on the data evaluated here
         log.warning("%s: %s", run.path, note)
-    attack = None if roll is None else TokenRoll(shift=roll, num_global=config.model.num_global)
+    attack = (
+        None
+        if roll is None
+        else TokenRoll(shift=roll, num_global=config.model.attention.num_global)
+    )
     world = init_world()
     model.to(world.device)
     metrics = task.evaluate(

@@ -128,7 +128,8 @@ def export_run(
     model.save_pretrained(out)
     return [
         f"from: {run_dir} (task {run.train.task}, {weights_path.name})",
-        f"model: {class_name}, {run.model.num_layers} layers, pattern {run.model.pattern}, "
+        f"model: {class_name}, {run.model.num_layers} layers, "
+        f"pattern {run.model.attention.pattern}, "
         f"HST {'on' if run.model.hst.enabled else 'off'}, SAOR alpha {run.model.saor.alpha:g}",
         *([label_note] if label_note else []),
         export_tokenizer(run, out),
@@ -168,7 +169,7 @@ def load_run_model(run_dir: Path, run: RunConfig, *, weights: str) -> tuple[nn.M
         vocab_size=run.model.vocab_size,
         num_labels=int(classes.shape[0]) if classes is not None else 2,
         max_length=run.train.max_length,
-        global_prefix=run.model.num_global,
+        global_prefix=run.model.attention.num_global,
     )
     native = get_task(run.train.task).build(run.model, info)
     try:

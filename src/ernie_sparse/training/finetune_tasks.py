@@ -7,8 +7,8 @@ a folder (data.classification); ``triviaqa`` a folder with ``train.json`` and
 qangaroo's ``train.json`` and ``dev.json``. Subword tasks read ``train.tokenizer``,
 or ``tokenizer.json`` in ``train.init_from``.
 
-QA inputs start with a global prefix of exactly ``train.global_prefix`` tokens,
-which must equal ``model.num_global`` (data.qa explains why).
+QA inputs start with a global prefix of exactly ``train.qa.global_prefix`` tokens,
+which must equal ``model.attention.num_global`` (data.qa explains why).
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def _read_mlm(train: TrainConfig, split: str):
         Subword(tokenizer_path(train)),
         split=split,
         max_length=train.max_length,
-        val_fraction=train.val_fraction,
+        val_fraction=train.mlm.val_fraction,
         seed=train.seed,
-        mask_probability=train.mask_probability,
+        mask_probability=train.mlm.mask_probability,
     )
 
 
@@ -179,18 +179,19 @@ def _read_triviaqa(train: TrainConfig, split: str) -> SpanQADataset:
         qa_split_file(data_root(train), split),
         Subword(tokenizer_path(train)),
         max_length=train.max_length,
-        num_global=train.global_prefix,
-        stride=train.doc_stride,
-        max_answer_tokens=train.max_answer_tokens,
+        num_global=train.qa.global_prefix,
+        stride=train.qa.doc_stride,
+        max_answer_tokens=train.qa.max_answer_tokens,
     )
 
 
 def _check_prefix(config: ModelConfig, info: TaskInfo) -> None:
     prefix = getattr(info, "global_prefix", 0)
-    if prefix != config.num_global:
+    if prefix != config.attention.num_global:
         raise ValueError(
-            f"train.global_prefix={prefix} but model.num_global={config.num_global}: set them "
-            "equal so the question (and candidate) tokens are exactly the global tokens"
+            f"train.qa.global_prefix={prefix} but model.attention.num_global="
+            f"{config.attention.num_global}: set them equal so the question (and candidate) "
+            "tokens are exactly the global tokens"
         )
 
 
@@ -307,7 +308,7 @@ def _read_wikihop(train: TrainConfig, split: str) -> ChoiceDataset:
         qa_split_file(data_root(train), split),
         Subword(tokenizer_path(train)),
         max_length=train.max_length,
-        num_global=train.global_prefix,
+        num_global=train.qa.global_prefix,
     )
 
 

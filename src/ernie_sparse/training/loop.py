@@ -22,11 +22,13 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
+from ..models.heads import sequence_inputs
 from ..models.reachability import encoder_reachability
 from ..objectives import SAOROutput, saor_forward
 from .checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from .config import RunConfig
 from .distributed import all_mean, barrier, init_world
+from .length_buckets import bucket_lengths, bucketed
 from .progress import Progress
 from .run_dir import RunDir
 from .schedule import make_scheduler
@@ -116,6 +118,9 @@ class Run:
             warm_start(self.module, train.init_from, config.model)  # a resumed run has its own
         self.module.encoder.gradient_checkpointing = train.grad_checkpointing
         self.module.to(self.world.device)
+        self.collate = self._bucketed_collate()
+        if train.compile:  # in place: parameter names and checkpoints stay as they are
+            self.module.compile(backend=train.compile)
         self.model = self._wrap(self.module)
         self.optimizer = optimizer_for(self.module, config)
         self.scheduler = make_scheduler(
@@ -173,6 +178,16 @@ class Run:
         self.run_dir.write_json(self.run_dir.reachability, record)
         if not self.quiet:
             print(f"{self.out.name}: {record['line']}", flush=True)
+
+    def _bucketed_collate(self):
+        """The task's collate, padding batches to ``train.length_buckets`` lengths (doubling
+        up to the model's longest input, in whole attention blocks) when asked."""
+        count = self.config.train.length_buckets
+        if not count:
+            return self.task.collate
+        model = self.config.model
+        buckets = bucket_lengths(model.max_positions, count, multiple=model.attention.block_size)
+        return bucketed(self.task.collate, sequence_inputs(self.module), buckets)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world.size == 1:
@@ -372,9 +387,7 @@ class Run:
         self.model.train()
         for number, micro in enumerate(micro_batches):
             mine = micro[self.world.rank :: self.world.size]
-            batch = self.task.collate(
-                [self.train_set[i] for i in mine], self._batch_generator(number)
-            )
+            batch = self.collate([self.train_set[i] for i in mine], self._batch_generator(number))
             tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(self.world.device) for k, v in batch.items()}
             last = number == len(micro_batches) - 1
@@ -427,7 +440,7 @@ class Run:
             batch_size=train.batch_size,
             world=self.world,
             max_batches=train.eval_max_batches,
-            collate=self.task.collate,
+            collate=self.collate,
         )
         record = {"step": self.state.step, **{f"val_{k}": v for k, v in metrics.items()}}
         self._log(record)

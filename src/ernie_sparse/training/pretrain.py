@@ -16,10 +16,11 @@ import json
 import logging
 from pathlib import Path
 
+from ..cli_args import merge_nested
 from ..data.corpus import find_text_files, train_tokenizer
 from ..data.tokenize import Subword
 from ..models.config import parse_overrides
-from .config import RunConfig, load_run_config, merge_values, preset_values, resolve
+from .config import RunConfig, load_run_config, preset_values, resolve
 from .resume import apply_resume_changes
 from .run_dir import RunDir
 
@@ -63,25 +64,25 @@ def pretrain_config_and_notes(args: argparse.Namespace) -> tuple[RunConfig, list
         flags = {"data": str(args.corpus), "max_steps": args.max_steps}
         flags.update(init_from=args.init_from, tokenizer=args.tokenizer)
         flags = {key: value for key, value in flags.items() if value is not None}
-        asked = merge_values(parse_overrides(args.overrides), {"train": flags})
+        asked = merge_nested(parse_overrides(args.overrides), {"train": flags})
         return apply_resume_changes(load_run_config(saved), asked, run_dir=args.out)
     name = args.config or (WARM_CONFIG if args.init_from else DEFAULT_CONFIG)
-    values = merge_values(preset_values(name), parse_overrides(args.overrides))
+    values = merge_nested(preset_values(name), parse_overrides(args.overrides))
     flags = {"task": "mlm", "data": str(args.corpus)}
     if args.init_from:
         flags["init_from"] = args.init_from
     if args.max_steps is not None:
         flags["max_steps"] = args.max_steps
-    values = merge_values(values, {"train": flags})
+    values = merge_nested(values, {"train": flags})
     init_from = values["train"].get("init_from")
     tokenizer = (
         args.tokenizer or values["train"].get("tokenizer") or _default_tokenizer(args, init_from)
     )
-    values = merge_values(values, {"train": {"tokenizer": str(tokenizer)}})
+    values = merge_nested(values, {"train": {"tokenizer": str(tokenizer)}})
     if init_from:  # the checkpoint's vocabulary, whatever the preset says
         values["model"] = {k: v for k, v in values.get("model", {}).items() if k != "vocab_size"}
     else:  # a model from scratch has exactly the tokenizer's vocabulary
-        values = merge_values(values, {"model": {"vocab_size": Subword(tokenizer).vocab_size}})
+        values = merge_nested(values, {"model": {"vocab_size": Subword(tokenizer).vocab_size}})
     return resolve(values), []
 
 

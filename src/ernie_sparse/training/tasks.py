@@ -35,6 +35,12 @@ TASK_MODULES: tuple[str, ...] = (
 Collate = Callable[[Sequence[dict], torch.Generator], dict[str, torch.Tensor]]
 
 
+class TextSettings(Protocol):
+    """``training.config.TextConfig``: task text's own settings."""
+
+    val_from_train: float
+
+
 class TrainSettings(Protocol):
     """What a task's reader takes: ``training.config.TrainConfig`` (named by its fields,
     so that config, which looks tasks up, and the tasks do not import each other)."""
@@ -43,7 +49,7 @@ class TrainSettings(Protocol):
     data: str
     max_length: int
     seed: int
-    val_from_train: float
+    text: TextSettings
 
 
 def plain_collate(examples: Sequence[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -172,11 +178,11 @@ def validation_note(train: TrainSettings) -> str:
     if not train.data:
         return ""
     root = Path(train.data)
-    if train.task == "text" and not train.val_from_train and not _has_text_val(root):
+    if train.task == "text" and not train.text.val_from_train and not _has_text_val(root):
         return (
             "validation reads the test split (LRA's convention for IMDB, which has no "
             "validation split): the best weights are chosen on test data; "
-            "train.val_from_train=0.1 holds a share of train out instead"
+            "train.text.val_from_train=0.1 holds a share of train out instead"
         )
     if train.task in ("wikihop", "triviaqa") and root.is_dir():
         from ..data.qa import qa_split_file as split_file
@@ -203,14 +209,14 @@ def _has_text_val(root: Path) -> bool:
 
 def _read_text(train: TrainSettings, split: str) -> TokenDataset:
     """IMDB has no validation split: validation is the folder's val split, else the share
-    ``train.val_from_train`` of train, else the test split (LRA's convention; logged)."""
+    ``train.text.val_from_train`` of train, else the test split (LRA's convention; logged)."""
     from ..data.lra import read_text
 
     return read_text(
         data_root(train),
         split=split,
         max_length=train.max_length,
-        val_fraction=train.val_from_train,
+        val_fraction=train.text.val_from_train,
         seed=train.seed,
     )
 

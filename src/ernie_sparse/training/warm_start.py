@@ -26,7 +26,7 @@ from torch import nn
 
 from ..files import load_safetensors
 from ..models import ModelConfig, preset
-from ..models.presets import PRESETS
+from ..models.presets import preset_fields
 from ..models.pretrained import (
     EXPECTED_UNUSED,
     FIXED_FIELDS,
@@ -71,7 +71,7 @@ def warm_start_config(
     if preset_name:  # the preset's own fields, resolved for the checkpoint's sizes
         sizes = {key: getattr(base, key) for key in FIXED_FIELDS}
         full = preset(preset_name, **{**model_values, **sizes}).to_dict()
-        chosen = {k: v for k, v in full.items() if k in set(PRESETS[preset_name]) | set(chosen)}
+        chosen = preset_fields(preset_name, full, given=chosen)
     overrides = {k: v for k, v in chosen.items() if k not in FIXED_FIELDS}
     return override_config(base, overrides)
 

@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...training.config import RunConfig, merge_values, preset_values, resolve
+from ...models.config import LEGACY_MODEL_KEYS, migrate_legacy_keys
+from ...training.config import LEGACY_TRAIN_KEYS, RunConfig, merge_values, preset_values, resolve
 
 KINDS = ("ablation", "bottleneck", "robustness", "hst-route")
 PROBE_TASKS = ("probe-copy-far", "probe-match", "probe-majority")
-SEED_KEYS = ("train.seed", "model.pattern_seed")  # set per run from the experiment's seeds
+SEED_KEYS = ("train.seed", "model.attention.pattern_seed")  # per run, from the experiment's seeds
 SCALES = ("tiny", "paper")
 
 
@@ -32,7 +33,7 @@ class ExperimentSpec:
     kind: str  # ablation | bottleneck | robustness
     task: str  # listops | text | retrieval | image | pathfinder
     scale: str = "tiny"  # the preset size: configs/lra/<task>-<scale>.yaml
-    seeds: tuple[int, ...] = (0,)  # train.seed and model.pattern_seed of each run
+    seeds: tuple[int, ...] = (0,)  # train.seed and model.attention.pattern_seed of each run
     cells: tuple[Cell, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)  # on top of preset + cell
     attack_rolls: tuple[int, ...] = ()  # robustness: word-order-shift ks (each evaluated)
@@ -67,9 +68,10 @@ class ExperimentSpec:
             )
         values = merge_values(preset_values(self.preset), self.overrides)
         values = merge_values(values, {"model": cell.model})
-        if "pattern_params" in cell.model:  # a cell's pattern comes whole, never merged
-            values["model"]["pattern_params"] = dict(cell.model["pattern_params"])
-        seeded = {"train": {"seed": seed}, "model": {"pattern_seed": seed}}
+        attention = cell.model.get("attention", {})
+        if "pattern_params" in attention:  # a cell's pattern comes whole, never merged
+            values["model"]["attention"]["pattern_params"] = dict(attention["pattern_params"])
+        seeded = {"train": {"seed": seed}, "model": {"attention": {"pattern_seed": seed}}}
         return resolve(merge_values(values, seeded))
 
     def save(self, folder: Path) -> None:
@@ -83,12 +85,26 @@ class ExperimentSpec:
         path = Path(folder) / "experiment.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not an experiment folder (no experiment.json)")
-        values = json.loads(path.read_text())
+        values = _migrate(json.loads(path.read_text()))
         values["cells"] = tuple(Cell(**cell) for cell in values["cells"])
         values["seeds"] = tuple(values["seeds"])
         for name in ("global_tokens", "attack_rolls", "patterns"):
             values[name] = tuple(values.get(name, ()))
         return cls(**values)
+
+
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """An experiment.json of an older version: its model and train settings with the
+    config's legacy flat keys moved (as a run folder's config.yaml loads)."""
+    for cell in values.get("cells", ()):
+        cell["model"] = migrate_legacy_keys(cell["model"], LEGACY_MODEL_KEYS, section="model.")
+    overrides = values.get("overrides") or {}
+    for section, legacy in (("model", LEGACY_MODEL_KEYS), ("train", LEGACY_TRAIN_KEYS)):
+        if section in overrides:
+            overrides[section] = migrate_legacy_keys(
+                overrides[section], legacy, section=f"{section}."
+            )
+    return values
 
 
 def task_preset(task: str, scale: str) -> str:
@@ -133,7 +149,7 @@ ROBUSTNESS_CELLS = (
 )
 
 # A pattern's fields, set in full by a cell (a probe preset names its own pattern).
-PATTERN_FIELDS: dict[str, dict[str, Any]] = {
+PATTERN_FIELDS: dict[str, dict[str, Any]] = {  # model.attention settings
     "dense": {"pattern": "dense", "pattern_params": {}},
     "window": {"pattern": "window", "pattern_params": {"width": 1}},
     "bigbird": {"pattern": "bigbird", "pattern_params": {"window_width": 1, "num_random": 3}},
@@ -146,11 +162,19 @@ _SAOR_ON = {"alpha": 5.0, "mode": "roll"}
 
 
 def _model(
-    pattern: str, *, hst: bool, saor: bool, hst_options: dict | None = None, **fields: Any
+    pattern: str,
+    *,
+    hst: bool,
+    saor: bool,
+    hst_options: dict | None = None,
+    attention: dict | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """A cell's model section: the pattern, HST and SAOR on or off, other fields."""
+    """A cell's model section: the pattern (+ ``attention`` settings), HST and SAOR on
+    or off, other fields."""
     preset = "ernie-sparse" if hst else "bigbird"
-    values = {"preset": preset, **PATTERN_FIELDS[pattern], **fields}
+    values = {"preset": preset, **fields}
+    values["attention"] = {**PATTERN_FIELDS[pattern], **(attention or {})}
     values["hst"] = {**(hst_options or {}), "enabled": hst}
     values["saor"] = dict(_SAOR_ON if saor else _SAOR_OFF)
     return values
@@ -230,7 +254,7 @@ def bottleneck_cells(
     for pattern in patterns:
         for count in global_tokens:
             for hst, name in ((False, "ST"), (True, "HST")):
-                model = _model(pattern, hst=hst, saor=False, num_global=count)
+                model = _model(pattern, hst=hst, saor=False, attention={"num_global": count})
                 key = f"{name.lower()}-{pattern}-g{count}"
                 cells.append(Cell(key, f"{name} {pattern} g={count}", model))
     # Full attention: the ceiling, and how many steps a task takes when nothing is sparse.
@@ -256,7 +280,7 @@ def make_spec(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if kind == "bottleneck" and global_tokens is None:
         values = merge_values(preset_values(task_preset(task, scale)), overrides or {})
-        block = resolve(values).model.block_size
+        block = resolve(values).model.attention.block_size
         global_tokens = (2 * block, block, 0)
     patterns = tuple(patterns or ("bigbird",)) if kind == "bottleneck" else ()
     cells: tuple[Cell, ...] = ()
