@@ -249,6 +249,22 @@ def test_an_experiment_saved_with_flat_model_keys_loads_as_it_ran(tmp_path) -> N
     assert loaded.run_config(cell, 0) == spec.run_config(spec.cells[0], 0)
 
 
+SAVED_EXPERIMENTS = sorted(
+    (Path(__file__).parents[1] / "docs/experiments").glob("*/experiment.json")
+)
+
+
+@pytest.mark.parametrize("path", SAVED_EXPERIMENTS, ids=lambda path: path.parent.name)
+def test_every_saved_experiment_in_docs_loads_and_resolves(path: Path) -> None:
+    """Folders written by older versions (flat model keys, one attack_roll) still load,
+    so they can be resumed or reported."""
+    spec = ExperimentSpec.load(path.parent)
+    raw = json.loads(path.read_text())
+    if "attack_roll" in raw:
+        assert spec.attack_rolls == ((raw["attack_roll"],) if raw["attack_roll"] else ())
+    assert spec.run_config(spec.cells[0], spec.seeds[0]).model is not None
+
+
 def test_hst_route_and_robustness_specs_on_probes() -> None:
     route = make_spec("hst-route", "probe-copy-far")
     keys = [cell.key for cell in route.cells]

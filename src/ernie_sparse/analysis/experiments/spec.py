@@ -95,7 +95,13 @@ class ExperimentSpec:
 
 def _migrate(values: dict[str, Any]) -> dict[str, Any]:
     """An experiment.json of an older version: its model and train settings with the
-    config's legacy flat keys moved (as a run folder's config.yaml loads)."""
+    config's legacy flat keys moved (as a run folder's config.yaml loads), and one
+    ``attack_roll`` k (0 = no attacked evaluation) as ``attack_rolls``."""
+    if "attack_roll" in values:
+        if "attack_rolls" in values:
+            raise ValueError("experiment.json has both attack_roll (old) and attack_rolls")
+        roll = values.pop("attack_roll")
+        values["attack_rolls"] = [roll] if roll else []
     for cell in values.get("cells", ()):
         cell["model"] = migrate_legacy_keys(cell["model"], LEGACY_MODEL_KEYS, section="model.")
     overrides = values.get("overrides") or {}
