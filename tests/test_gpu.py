@@ -113,3 +113,21 @@ def test_listops_tiny_trains_in_bf16_with_flex(tmp_path: Path) -> None:
     assert len(losses) == 15 and all(torch.isfinite(torch.tensor(losses)))
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.9 * first, losses
+
+
+def test_encoder_with_flex_traces_as_one_graph_on_cuda() -> None:
+    """The CPU check of tests/test_compile.py on CUDA, where flex also trains: HST and
+    SAOR's batch of 2B, bf16 autocast, gradients; then a compiled step matches eager."""
+    from test_compile import explain, saor_batch, tiny_classifier
+
+    model = tiny_classifier("flex", dropout=0.0).cuda().train()
+    batch = {key: value.cuda() for key, value in saor_batch(model).items()}
+
+    def loss(input_ids, attention_mask):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(input_ids, attention_mask).logits.float().square().mean()
+
+    loss(**batch).backward()  # builds the layouts and their BlockMasks
+    assert explain(loss, *batch.values()) == (1, 0, [])
+    compiled = torch.compile(loss, fullgraph=True)
+    torch.testing.assert_close(compiled(**batch), loss(**batch), atol=2e-2, rtol=2e-2)
