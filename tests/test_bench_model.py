@@ -280,3 +280,17 @@ def test_cli_header_names_the_shape_dtype_and_dense_kernel(tmp_path, capsys, one
     assert "; bfloat16; " in caption and caption.endswith("dense = SDPA, kernel flash (cpu)")
     assert capsys.readouterr().out.startswith("shape bert-base: batch 1")
     assert not (tmp_path / "model.png").exists()
+
+
+def test_resampled_patterns_report_the_cost_of_their_new_masks(one_thread) -> None:
+    from ernie_sparse.bench.model import throughput_table
+
+    models = ("bigbird", "bigbird+resample")
+    config = ModelBenchConfig(seq_lens=(256,), models=models, attention_time=False, **TINY)
+    result = run_bench(config, log=lambda _: None)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["bigbird"]["new_masks_ms"] is None
+    assert rows["bigbird+resample"]["new_masks_ms"] > 0
+    lines = throughput_table(result).splitlines()
+    assert "| new masks ms |" in lines[0]
+    assert lines[2].startswith("| 256 | bigbird | ") and "| - |" in lines[2]
