@@ -8,10 +8,9 @@ from collections.abc import Callable
 import torch
 
 from .blocked import block_plan, blocked_attention
-from .flex import flex_available, flex_sparse_attention, layout_block_mask
+from .flex import flex_available, flex_layout_block, flex_sparse_attention, layout_block_mask
 from .fused import FUSED_DTYPES, fused_available, fused_sparse_attention, layout_csr
 from .layout_cache import KeyedLayout, layout_tensor
-from .padding import effective_block_size
 from .reference import reference_attention
 from .validation import check_attention_inputs
 
@@ -131,7 +130,7 @@ def prepare_layout(
     elif backend == "fused":
         layout_csr(layout)
     elif backend in ("flex", "flex-fa4"):
-        flex_block = effective_block_size(block_size, seq_len, multiple=128)
+        flex_block = flex_layout_block(block_size, seq_len)
         layout_block_mask(layout, flex_block, None, q.device, q.dtype)
     elif backend != "reference":
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")

@@ -79,6 +79,12 @@ def check_flash_kernel(device: torch.device, dtype: torch.dtype) -> None:
         raise RuntimeError(f"backend 'flex-fa4' {problem}; use backend='flex'")
 
 
+def flex_layout_block(block_size: int, seq_len: int) -> int:
+    """The layout block flex works with: ``block_size``, or for one block over the whole
+    sequence a tile of 128 (what the kernel needs)."""
+    return effective_block_size(block_size, seq_len, multiple=128)
+
+
 def flex_block_size(block_size: int, device: torch.device, dtype: torch.dtype) -> int:
     """Block size of the BlockMask: the layout's where the kernel tiles it, else 128 on CUDA."""
     if device.type != "cuda" or block_size % 128 == 0 or _kernel_options(block_size, device, dtype):
@@ -223,8 +229,7 @@ def flex_sparse_attention(
     if q.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     seq_len = q.shape[2]
-    # One block over the whole sequence: tile it at 128 (what the kernel needs), not block_size.
-    block_size = effective_block_size(block_size, seq_len, multiple=128)
+    block_size = flex_layout_block(block_size, seq_len)
     mask_block = flex_block_size(block_size, q.device, q.dtype)
     q, k, v, key_valid = pad_to_multiple(q, k, v, key_padding_mask, mask_block)
     block_mask = layout_block_mask(layout, block_size, key_valid, q.device, q.dtype)
